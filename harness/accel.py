@@ -1,0 +1,155 @@
+"""Choosing the accelerator: KVM only where a real probe boot proves it works.
+
+``/dev/kvm`` existing is not enough: on some hosts (software nested virtualisation) KVM opens
+fine, runs firmware, and then hangs a 64-bit kernel right after its decompressor.  So the
+first time treegate wants KVM for an arch on a host, it boots the candidate's own kernel under
+KVM with no root filesystem and waits for the kernel's "VFS: Unable to mount root" panic.
+Seeing it within a few seconds proves KVM works; the answer is cached per host, QEMU version
+and arch in the state directory.  Everything else runs under TCG (multi-threaded).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from harness.arch import Arch
+
+PROBE_TIMEOUT = 20.0
+
+
+class Accel(enum.Enum):
+    """The two ways QEMU runs a guest."""
+
+    kvm = "kvm"
+    tcg = "tcg"
+
+    def qemu_args(self) -> list[str]:
+        """QEMU's ``-accel`` option for this accelerator."""
+        if self is Accel.kvm:
+            return ["-accel", "kvm"]
+        # One host thread per vCPU; single-threaded TCG also hangs ARMv7 guests with 2 vCPUs.
+        return ["-accel", "tcg,thread=multi,tb-size=256"]
+
+    @staticmethod
+    def kvm_unusable_reason(arch: Arch) -> str | None:
+        """Why KVM cannot even be tried for ``arch`` on this host, or ``None``."""
+        if not arch.host_matches():
+            return f"host is {platform.machine()}, guest is {arch.name}"
+        if not os.path.exists("/dev/kvm"):
+            return "/dev/kvm does not exist"
+        try:
+            fd = os.open("/dev/kvm", os.O_RDWR)
+        except OSError as exc:
+            return f"/dev/kvm cannot be opened ({exc.strerror})"
+        os.close(fd)
+        return None
+
+
+def choose_accel(
+    arch: Arch, kernel: Path, cache: Path, *, force: str | None = None
+) -> tuple[Accel, str]:
+    """Return the accelerator to use for ``arch`` and a one-line reason.
+
+    ``force`` (``"kvm"`` or ``"tcg"``) skips the decision.  ``kernel`` is a kernel of that arch
+    used for the probe boot.
+    """
+    if force:
+        return Accel(force), f"{force} (forced)"
+    reason = Accel.kvm_unusable_reason(arch)
+    if reason is not None:
+        return Accel.tcg, f"TCG: {reason}"
+    key = f"{platform.node()}|{os.uname().release}|{_qemu_version(arch)}|{arch.name}"
+    results = _load(cache)
+    if key not in results:
+        ok, detail = probe_kvm(arch, kernel)
+        results[key] = {"kvm": ok, "detail": detail, "when": time.time()}
+        _save(cache, results)
+    entry = results[key]
+    if entry["kvm"]:
+        return Accel.kvm, "KVM (a probe boot on this host succeeded)"
+    return Accel.tcg, f"TCG: KVM is present but a probe boot failed ({entry['detail']})"
+
+
+def probe_kvm(arch: Arch, kernel: Path) -> tuple[bool, str]:
+    """Boot ``kernel`` under KVM with no root; True when it reaches its root-mount panic."""
+    with tempfile.TemporaryDirectory(prefix="treegate-kvm-probe-") as tmp:
+        log = Path(tmp) / "console.log"
+        argv = [
+            arch.qemu_binary,
+            "-machine",
+            arch.machine,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            f"file:{log}",
+            "-kernel",
+            str(kernel),
+            "-append",
+            f"console={arch.console} panic=-1",
+        ]
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            return False, f"{arch.qemu_binary} is not installed"
+        try:
+            while time.monotonic() - start < PROBE_TIMEOUT:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "Unable to mount root" in text or "Kernel panic" in text:
+                    return (
+                        True,
+                        f"kernel reached its root mount in {time.monotonic() - start:.1f} s",
+                    )
+                if proc.poll() is not None:
+                    err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+                    return (
+                        False,
+                        f"QEMU exited: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}",
+                    )
+                time.sleep(0.2)
+            return False, f"the kernel printed nothing useful within {PROBE_TIMEOUT:.0f} s"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _qemu_version(arch: Arch) -> str:
+    try:
+        out = subprocess.run(
+            [arch.qemu_binary, "--version"], capture_output=True, text=True, check=False
+        )
+        return out.stdout.split("\n", 1)[0]
+    except FileNotFoundError:
+        return "missing"
+
+
+def _load(cache: Path) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(cache.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(cache: Path, results: dict[str, dict[str, object]]) -> None:
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(cache)

@@ -1,0 +1,246 @@
+"""The ``treegate`` command: compose, image, boot, ssh.
+
+Every subcommand turns a :class:`~harness.errors.TreegateError` into one line on stderr and
+an exit status: 2 for bad input, 3 for a broken harness or host, 1 for a failed tree,
+130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness import log
+from harness.arch import ARCHES, get_arch
+from harness.boot import Target
+from harness.errors import InfraError, TreeFailure, TreegateError, UserError
+from harness.state import State
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    from harness.compose import compose
+    from harness.definition import load_definition
+    from harness.repo import Repo
+
+    definition = load_definition(args.definition)
+    state = State.at(args.state_dir)
+    repo = Repo(args.repo)
+    for arch_name in args.arch or ["x86_64"]:
+        arch = get_arch(arch_name)
+        show = (lambda line: print(f"  {line}", file=sys.stderr)) if not args.quiet else None
+        print(f"composing {definition.name} for {arch.name} …", file=sys.stderr)
+        result = compose(definition, arch, repo, workdir=state.tmp, force=args.force, progress=show)
+        how = "cached" if result.cached else f"composed in {result.seconds:.0f} s"
+        print(f"{result.ref} {result.commit} ({how})")
+    return 0
+
+
+def _target(args: argparse.Namespace, arch: str | None = None) -> Target:
+    from harness.repo import Repo
+
+    return Target.create(
+        State.at(args.state_dir),
+        Repo(args.repo),
+        arch or args.arch,
+        layout=getattr(args, "layout", None),
+        force_accel=getattr(args, "accel", None),
+    )
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from harness.boot import image_for
+    from harness.run import run
+
+    target = _target(args)
+    out = Path(args.output).resolve() if args.output else None
+    tmp = None
+    if out is not None:
+        if not out.parent.is_dir():
+            raise UserError(f"cannot write {out}: {out.parent} is not a directory")
+        tmp = out.with_name(f".{out.name}.partial")
+        try:  # fail before the build, not after it
+            tmp.touch()
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror}") from None
+    try:
+        image = image_for(target, args.commit)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    how = "cached" if image.cached else f"built in {image.seconds:.1f} s"
+    if out is not None and tmp is not None:
+        fmt = "qcow2" if out.suffix == ".qcow2" else "raw"
+        try:
+            run(["qemu-img", "convert", "-O", fmt, str(image.path), str(tmp)])
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        print(f"{out} ({fmt}, commit {image.commit[:12]}, {how})")
+    else:
+        print(f"{image.path} (commit {image.commit[:12]}, {how})")
+    return 0
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from harness.boot import booted, image_for, ssh_command
+
+    target = _target(args)
+    image = image_for(target, args.commit)
+    # SIGTERM unwinds like Ctrl-C, so the machine is destroyed either way.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    start = time.monotonic()
+    with booted(target, image, name=args.name) as machine:
+        took = time.monotonic() - start
+        vm = machine.vm
+        (vm.workdir / "hostkey.pub").write_text(image.host_key + "\n")
+        print(f"{args.name}: {image.commit[:12]} up in {took:.1f} s (console: {vm.console_log})")
+        ssh = ssh_command(target.state, vm.ssh_port, image.host_key, vm.workdir)
+        print("ssh: " + " ".join(ssh))
+        print(f"or: treegate ssh {args.name}   (Ctrl-C stops the machine)")
+        sys.stdout.flush()
+        while vm.is_running():
+            time.sleep(0.5)
+        print(f"{args.name} stopped: {vm.exit_reason()}", file=sys.stderr)
+    return 0
+
+
+def _cmd_ssh(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.boot import machines_dir, ssh_command
+
+    state = State.at(args.state_dir)
+    running = []
+    for meta in sorted(machines_dir(state).glob("*/machine.json")):
+        data = json.loads(meta.read_text())
+        if (meta.parent / "hostkey.pub").exists() and (
+            args.name is None or data["name"] == args.name
+        ):
+            running.append((data, (meta.parent / "hostkey.pub").read_text().strip(), meta.parent))
+    if not running:
+        raise UserError(
+            "no running machine" + (f" named {args.name}" if args.name else ""),
+            hint="start one with treegate boot",
+        )
+    if len(running) > 1:
+        names = ", ".join(d["name"] for d, _, _ in running)
+        raise UserError(f"several machines are running ({names})", hint="name one")
+    data, host_key, workdir = running[0]
+    argv = ssh_command(state, int(data["ssh_port"]), host_key, workdir) + list(args.command)
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+def _add_target(p: argparse.ArgumentParser, commit: bool = True) -> None:
+    p.add_argument("--repo", required=True, help="OSTree repository holding the commit")
+    if commit:
+        p.add_argument(
+            "--commit",
+            required=True,
+            metavar="REF_OR_CHECKSUM",
+            help="commit to use (a ref or checksum)",
+        )
+    p.add_argument(
+        "--arch", default="x86_64", help=f"guest arch: {', '.join(ARCHES)} (default x86_64)"
+    )
+    p.add_argument("--layout", help="disk layout name or file (default: the arch's, images/*.toml)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir", help="state directory (default: $TREEGATE_STATE_DIR or .treegate)"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show progress (-v) and every host command (-vv)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``treegate`` command (also used to render --help in docs)."""
+    parser = argparse.ArgumentParser(
+        prog="treegate",
+        description="Boot OSTree commits in real VMs, test them over SSH, gate their promotion.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compose", help="compose a tree definition into an OSTree commit")
+    p.add_argument("definition", help="tree definition file (fixtures/trees/*.toml)")
+    p.add_argument("--repo", required=True, help="OSTree repository (created if missing)")
+    p.add_argument(
+        "--arch",
+        action="append",
+        choices=list(ARCHES),
+        help="target arch (repeatable; default x86_64)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="compose again even if the cache has this definition"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="do not show mmdebstrap's progress")
+    _add_common(p)
+    p.set_defaults(func=_cmd_compose)
+
+    p = sub.add_parser(
+        "image", help="build (or fetch from the cache) a bootable disk image of a commit"
+    )
+    _add_target(p)
+    p.add_argument("-o", "--output", help="also write the image here (.qcow2 or raw)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_image)
+
+    p = sub.add_parser("boot", help="boot a commit in QEMU and keep it running until Ctrl-C")
+    _add_target(p)
+    p.add_argument("--name", default="treegate", help="machine name (default: treegate)")
+    p.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator (default: probe)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_boot)
+
+    p = sub.add_parser(
+        "ssh", help="open a shell (or run a command) on a machine started by treegate boot"
+    )
+    p.add_argument("name", nargs="?", help="machine name (default: the only running one)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    _add_common(p)
+    p.set_defaults(func=_cmd_ssh)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``treegate`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # boot narrates what it does (the accelerator chosen, the wait for SSH); others are quiet.
+    log.setup(args.verbose + (1 if args.command == "boot" else 0))
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("treegate: interrupted", file=sys.stderr)
+        return 130
+    except TreegateError as exc:
+        print(f"treegate: error: {exc.one_line()}", file=sys.stderr)
+        if isinstance(exc, UserError):
+            return 2
+        if isinstance(exc, TreeFailure):
+            return 1
+        return 3 if isinstance(exc, InfraError) else 2
+    except OSError as exc:
+        # A host problem that no layer anticipated (full disk, permissions): still one line.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"treegate: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

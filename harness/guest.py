@@ -1,0 +1,347 @@
+"""The guest API that tests use: a booted machine you talk to over SSH.
+
+Every method reads as an action on the machine::
+
+    machine.succeed("systemctl is-active docker")
+    machine.wait_for_unit("sshd.service")
+    machine.reboot()
+
+Commands run as root over one SSH connection (paramiko, the harness's own key, the image's
+host key pinned).  Outcomes follow treegate's taxonomy (:mod:`harness.errors`): a command
+that does not do what the test expected is a :class:`~harness.errors.TreeFailure` (the test
+*failed*); a VM that died under the test is a :class:`~harness.errors.MachineDied` (the test
+*errored*).  Every wait is a :func:`~harness.retry.retry` that also watches the serial
+console, so a kernel panic ends any wait at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from harness import log
+from harness.console import ConsoleWatcher
+from harness.errors import (
+    GuestCommandFailed,
+    GuestTimeout,
+    InfraError,
+    MachineDied,
+    TreeFailure,
+)
+from harness.machine.base import VM
+from harness.retry import retry
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One line of ``ostree admin status``."""
+
+    stateroot: str
+    checksum: str
+    serial: int
+    booted: bool
+    pending: bool
+    rollback: bool
+    version: str
+    origin: str
+
+
+class Guest:
+    """A booted machine, as a test sees it."""
+
+    def __init__(
+        self,
+        vm: VM,
+        *,
+        client_key: Path,
+        host_key: str,
+        timeout_scale: float = 1.0,
+        boot_timeout: float = 120.0,
+    ) -> None:
+        self.vm = vm
+        self.name = vm.name
+        self.console = ConsoleWatcher(vm.console_log)
+        self.timeout_scale = timeout_scale
+        self.boot_timeout = boot_timeout * timeout_scale
+        self._pkey = paramiko.Ed25519Key.from_private_key_file(str(client_key))
+        self._host_key = paramiko.Ed25519Key(data=_b64(host_key.split()[1]))
+        self._client: paramiko.SSHClient | None = None
+        self.boot_count = 0
+
+    def __repr__(self) -> str:
+        return f"<Guest {self.name} port {self.vm.ssh_port}>"
+
+    # -- connection ----------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        """Raise the right error when the VM is gone or its console shows a failed boot."""
+        self.console.check()
+        if not self.vm.is_running():
+            raise MachineDied(
+                f"machine {self.name} stopped: {self.vm.exit_reason()}", hint="see the console log"
+            )
+
+    def _connect_once(self) -> paramiko.SSHClient | None:
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(f"[127.0.0.1]:{self.vm.ssh_port}", "ssh-ed25519", self._host_key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                "127.0.0.1",
+                port=self.vm.ssh_port,
+                username="root",
+                pkey=self._pkey,
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=5,
+                banner_timeout=10,
+                auth_timeout=10,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise TreeFailure(f"machine {self.name} presented an unexpected SSH host key") from exc
+        except (paramiko.SSHException, OSError, EOFError):
+            client.close()
+            return None
+        transport = client.get_transport()
+        if transport is not None:
+            # Without keepalives a `systemctl reboot` over SSH can leave the session hanging.
+            transport.set_keepalive(5)
+        return client
+
+    def wait_for_ssh(self, timeout: float | None = None) -> None:
+        """Wait until the machine answers SSH; fail early on a console failure or a dead VM."""
+        limit = timeout if timeout is not None else self.boot_timeout
+        with log.nested(f"waiting for SSH on {self.name}"):
+
+            def attempt(_last: bool) -> paramiko.SSHClient | None:
+                self._check_alive()
+                return self._connect_once()
+
+            def timed_out(message: str) -> Exception:
+                return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
+
+            self._client = retry(
+                attempt,
+                limit,
+                interval=0.1,
+                max_interval=0.5,
+                what="SSH to answer",
+                on_timeout=timed_out,
+            )
+            self.boot_count += 1
+
+    def close(self) -> None:
+        """Close the SSH connection (the VM keeps running)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- commands ------------------------------------------------------------------------
+    def execute(self, command: str, timeout: float = 300.0) -> tuple[int, str]:
+        """Run ``command`` as root in a shell; return its exit status and combined output.
+
+        ``timeout`` (seconds, scaled for emulation) bounds the command; a command still
+        running then is a :class:`GuestTimeout`.
+        """
+        if self._client is None:
+            self.wait_for_ssh()
+        assert self._client is not None
+        limit = timeout * self.timeout_scale
+        try:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("SSH transport closed")
+            chan = transport.open_session(timeout=30)
+            chan.set_combine_stderr(True)
+            chan.settimeout(limit)
+            chan.exec_command(command)
+            chunks: list[bytes] = []
+            deadline = time.monotonic() + limit
+            while True:
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise GuestTimeout(
+                        f"command {command!r} did not finish within {limit:.0f} s",
+                        console_tail=self.console.tail(10),
+                    )
+                data = chan.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            status = chan.recv_exit_status()
+            chan.close()
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            self._check_alive()
+            raise InfraError(
+                f"SSH connection to {self.name} lost while running {command!r}: {exc}"
+            ) from exc
+        return status, b"".join(chunks).decode(errors="replace")
+
+    def succeed(self, command: str, timeout: float = 300.0) -> str:
+        """Run ``command``; return its output, or fail the test if it exits non-zero."""
+        with log.nested(f"must succeed: {command}"):
+            status, output = self.execute(command, timeout)
+        if status != 0:
+            self.console.check()
+            raise GuestCommandFailed(command, status, output, expected="0")
+        return output
+
+    def fail(self, command: str, timeout: float = 300.0) -> str:
+        """Run ``command``; return its output, or fail the test if it exits zero."""
+        with log.nested(f"must fail: {command}"):
+            status, output = self.execute(command, timeout)
+        if status == 0:
+            raise GuestCommandFailed(command, status, output, expected="non-zero")
+        return output
+
+    def wait_until_succeeds(self, command: str, timeout: float = 120.0) -> str:
+        """Run ``command`` until it exits zero; return its output."""
+        limit = timeout * self.timeout_scale
+        with log.nested(f"waiting until succeeds: {command}"):
+
+            def attempt(last: bool) -> str | None:
+                self._check_alive()
+                status, output = self.execute(command, timeout=timeout)
+                if status == 0:
+                    return output
+                if last:
+                    raise GuestCommandFailed(
+                        command, status, output, expected=f"0 within {limit:.0f} s"
+                    )
+                return None
+
+            return retry(attempt, limit, what=command)
+
+    def wait_for_unit(self, unit: str, timeout: float = 120.0) -> None:
+        """Wait until systemd reports ``unit`` active; fail at once if it failed."""
+        limit = timeout * self.timeout_scale
+        with log.nested(f"waiting for unit {unit}"):
+
+            def attempt(last: bool) -> bool:
+                self._check_alive()
+                _, state = self.execute(f"systemctl is-active {shlex.quote(unit)}", timeout=30)
+                state = state.strip()
+                if state == "active":
+                    return True
+                if state == "failed" or last:
+                    _, status = self.execute(
+                        f"systemctl status --no-pager -n 20 {shlex.quote(unit)}"
+                    )
+                    raise TreeFailure(f"unit {unit} is {state or 'unknown'}:\n{status.rstrip()}")
+                return False
+
+            retry(attempt, limit, what=f"unit {unit}")
+
+    def wait_for_open_port(self, port: int, timeout: float = 60.0) -> None:
+        """Wait until something in the guest listens on TCP ``port``."""
+        self.wait_until_succeeds(f"ss -Htln 'sport = :{port}' | grep -q .", timeout)
+
+    # -- reboots -------------------------------------------------------------------------
+    def boot_id(self) -> str:
+        """The kernel's random boot id: changes on every boot."""
+        return self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def reboot(self) -> None:
+        """Reboot through systemd and wait for SSH; fail if the machine did not really reboot."""
+        with log.nested(f"rebooting {self.name}"):
+            before = self.boot_id()
+            self.console.mark()
+            # The connection may drop before the command returns.
+            with contextlib.suppress(InfraError):
+                self.execute("systemctl reboot", timeout=30)
+            self.close()
+            self.wait_for_ssh()
+            after = self.boot_id()
+            if after == before:
+                raise TreeFailure(f"machine {self.name} did not reboot (boot id unchanged)")
+
+    # -- ostree --------------------------------------------------------------------------
+    def deployments(self) -> list[Deployment]:
+        """The deployments ``ostree admin status`` lists, newest (default) first."""
+        return parse_admin_status(self.succeed("ostree admin status"))
+
+    def booted_commit(self) -> str:
+        """The checksum of the booted deployment."""
+        for d in self.deployments():
+            if d.booted:
+                return d.checksum
+        raise TreeFailure(f"machine {self.name} has no booted ostree deployment")
+
+    # -- files and logs ------------------------------------------------------------------
+    def put_file(self, local: Path, remote: str) -> None:
+        """Copy a host file into the guest."""
+        if self._client is None:
+            self.wait_for_ssh()
+        assert self._client is not None
+        with self._client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+
+    def get_file(self, remote: str, local: Path) -> Path:
+        """Copy a guest file to the host."""
+        if self._client is None:
+            self.wait_for_ssh()
+        assert self._client is not None
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self._client.open_sftp() as sftp:
+            sftp.get(remote, str(local))
+        return local
+
+    def journal(self, path: Path) -> Path:
+        """Save this boot's journal to ``path``."""
+        _, text = self.execute("journalctl -b --no-pager -o short-monotonic", timeout=120)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def screenshot(self, path: Path) -> Path:
+        """Save the VM's display as PNG."""
+        return self.vm.screenshot(path)
+
+
+_STATUS_LINE = re.compile(
+    r"^(?P<mark>[* ]) (?P<os>\S+) (?P<csum>[0-9a-f]{64})\.(?P<serial>\d+)(?P<flags>.*)$"
+)
+
+
+def parse_admin_status(text: str) -> list[Deployment]:
+    """Parse ``ostree admin status`` (2022.7 has no JSON output) into deployments."""
+    out: list[Deployment] = []
+    current: dict[str, object] | None = None
+    for line in text.splitlines():
+        m = _STATUS_LINE.match(line)
+        if m:
+            if current:
+                out.append(Deployment(**current))  # type: ignore[arg-type]
+            flags = m.group("flags")
+            current = {
+                "stateroot": m.group("os"),
+                "checksum": m.group("csum"),
+                "serial": int(m.group("serial")),
+                "booted": m.group("mark") == "*",
+                "pending": "(pending)" in flags,
+                "rollback": "(rollback)" in flags,
+                "version": "",
+                "origin": "",
+            }
+        elif current is not None:
+            stripped = line.strip()
+            if stripped.startswith("Version:"):
+                current["version"] = stripped.split(":", 1)[1].strip()
+            elif stripped.startswith("origin refspec:"):
+                current["origin"] = stripped.split(":", 1)[1].strip()
+    if current:
+        out.append(Deployment(**current))  # type: ignore[arg-type]
+    return out
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text)

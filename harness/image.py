@@ -1,0 +1,360 @@
+"""Bootable disk images built from an OSTree commit, cached by what they are made of.
+
+An image is a sparse raw disk with a GPT, a ``/boot`` partition and a root partition holding
+the OSTree sysroot, deployed exactly as an installer would (``ostree admin init-fs``,
+``os-init``, ``pull-local``, ``deploy``), plus a real bootloader that reads the configuration
+the guest's own ostree keeps up to date.  Per image it gets:
+
+* the harness's public key in root's ``authorized_keys`` (root's home is ``/var/roothome``);
+* a freshly generated SSH host key, which the harness pins when it connects;
+* its own machine id, and an ``/etc/fstab`` that mounts ``/boot`` by label;
+* a remote ``treegate`` pointing at the harness's repo server as the guest sees it
+  (:data:`GUEST_REPO_URL`), so ``ostree admin upgrade`` works from the booted machine.
+
+No loop devices: filesystems are made from directories with ``mkfs.ext4 -d`` straight into
+their partition's offset of the disk file.  The sysroot is assembled on a private tmpfs in
+a private mount namespace, because ``ostree admin deploy`` freezes the filesystem that holds
+``/boot`` -- that must never be the host's root -- and because the namespace cleans itself up
+however the build ends.
+
+Images are content-addressed by (commit, ref, layout, arch, client key, recipe): a second
+build of the same inputs is a cache hit that returns at once.  A build writes into a
+temporary directory and renames it into place only when complete, so a failed or interrupted
+build (a full disk included) leaves nothing half-written in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.arch import Arch
+from harness.errors import CommandError, InfraError, UserError
+from harness.keys import make_host_keys
+from harness.layout import Layout
+from harness.repo import Commit, Repo
+from harness.run import run
+
+RECIPE = "2"
+"""Bump when the image recipe changes what an image contains: it invalidates the cache."""
+
+STATEROOT = "debian"
+"""The ostree "os" (stateroot) every image deploys into."""
+
+GUEST_REMOTE = "treegate"
+GUEST_REPO_ADDR = "10.0.2.100"
+GUEST_REPO_PORT = 8080
+GUEST_REPO_URL = f"http://{GUEST_REPO_ADDR}:{GUEST_REPO_PORT}"
+"""Where a guest finds the harness's repo server: a QEMU guest forward, no real route."""
+
+BOOT_LABEL = "tg-boot"
+ROOT_LABEL = "tg-root"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built disk image and what the harness needs to boot and trust it."""
+
+    path: Path
+    """The raw base disk; machines run on throw-away qcow2 overlays of it."""
+    key: str
+    commit: str
+    ref: str
+    arch: str
+    layout: str
+    host_key: str
+    """The guest's SSH host public key line, pinned when connecting."""
+    kernel_args: str
+    cached: bool = False
+    seconds: float = 0.0
+
+    @property
+    def host_key_blob(self) -> str:
+        """The base64 part of :attr:`host_key` (what paramiko compares)."""
+        return self.host_key.split()[1]
+
+
+def kernel_args(arch: Arch) -> list[str]:
+    """Kernel command line every deployment of an image gets (ostree adds ``ostree=``)."""
+    console = f"{arch.console},115200" if arch.console.startswith("ttyS") else arch.console
+    return [
+        f"root=LABEL={ROOT_LABEL}",
+        "rw",
+        f"console={console}",
+        # quiet keeps the serial console (slow under emulation) to warnings and worse, which
+        # still includes every panic, Oops and emergency-shell message the watcher needs.
+        "quiet",
+        # Throw-away overlays make filesystem checks pointless; they cost seconds under TCG.
+        "fsck.mode=skip",
+    ]
+
+
+def image_key(commit: str, ref: str, layout: Layout, arch: Arch, client_key: str) -> str:
+    """The cache key of an image: equal keys mean byte-for-byte interchangeable images."""
+    payload = json.dumps(
+        [commit, ref, layout.digest, arch.name, client_key, RECIPE], separators=(",", ":")
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_image(
+    repo: Repo,
+    commit: Commit,
+    *,
+    ref: str,
+    arch: Arch,
+    layout: Layout,
+    client_key: str,
+    cache_dir: Path,
+) -> Image:
+    """Return the image of ``commit`` for ``arch`` and ``layout``, building it if not cached.
+
+    ``ref`` becomes the deployment's origin (``treegate:<ref>``), which is what
+    ``ostree admin upgrade`` in the guest follows.
+    """
+    if layout.arches and arch.name not in layout.arches:
+        raise UserError(
+            f"layout {layout.name} is not for {arch.name}",
+            hint=f"it supports {', '.join(layout.arches)}",
+        )
+    start = time.monotonic()
+    key = image_key(commit.checksum, ref, layout, arch, client_key)
+    final = cache_dir / key[:32]
+    meta_path = final / "image.json"
+    if meta_path.is_file():
+        data = json.loads(meta_path.read_text())
+        data["path"] = Path(data["path"])
+        image = Image(**data)
+        return Image(**{**asdict(image), "cached": True, "seconds": time.monotonic() - start})
+    _check_tools(layout)
+    repo.kernel_version(commit.checksum)  # a commit with no kernel cannot boot: say so now
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
+    try:
+        image = _build(repo, commit, ref, arch, layout, client_key, key, build, final)
+        meta = {k: v for k, v in asdict(image).items() if k not in ("cached", "seconds")}
+        meta["path"] = str(image.path)
+        (build / "image.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(build, final)
+        except OSError:
+            if not meta_path.is_file():  # another builder did not win the race either
+                raise
+            shutil.rmtree(build, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return Image(**{**asdict(image), "seconds": time.monotonic() - start})
+
+
+def _check_tools(layout: Layout) -> None:
+    needed = {
+        "ostree": "ostree",
+        "mkfs.ext4": "e2fsprogs",
+        "sfdisk": "fdisk",
+        "unshare": "util-linux",
+        "ssh-keygen": "openssh-client",
+    }
+    if layout.bootloader == "grub-bios":
+        needed["grub-mkimage"] = "grub-common"
+    for tool, package in needed.items():
+        if shutil.which(tool) is None:
+            raise UserError(
+                f"{tool} is not installed", hint=f"apt-get install {package} (or run ci/setup)"
+            )
+    if layout.bootloader == "grub-bios" and not Path("/usr/lib/grub/i386-pc/boot.img").exists():
+        raise UserError(
+            "GRUB's PC BIOS modules are missing (/usr/lib/grub/i386-pc)",
+            hint="apt-get install grub-pc-bin",
+        )
+
+
+def _build(
+    repo: Repo,
+    commit: Commit,
+    ref: str,
+    arch: Arch,
+    layout: Layout,
+    client_key: str,
+    key: str,
+    build: Path,
+    final: Path,
+) -> Image:
+    stage = build / "stage"
+    (stage / "etc").mkdir(parents=True)
+    host_key = make_host_keys(stage / "etc/ssh")
+    (stage / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    (stage / "etc/fstab").write_text(
+        "# Written by treegate: /boot is its own partition so the firmware's loader can read it.\n"
+        "# Automounted on first use (ostree admin touches it), so boots never wait for it.\n"
+        f"LABEL={BOOT_LABEL} /boot ext4 nofail,x-systemd.automount 0 0\n"
+    )
+    (stage / "authorized_keys").write_text(client_key + "\n")
+    if layout.bootloader == "grub-bios":
+        (stage / "grub.cfg").write_text(GRUB_CFG)
+    disk = build / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(layout.disk_size())
+    run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+        input=layout.sfdisk_script(),
+    )
+    boot, root = layout.partition("boot"), layout.partition("root")
+    env = {
+        "SRC_REPO": str(repo.path),
+        "COMMIT": commit.checksum,
+        "REF": ref,
+        "OS": STATEROOT,
+        "REMOTE": GUEST_REMOTE,
+        "REMOTE_URL": GUEST_REPO_URL,
+        "KARGS": " ".join(f"--karg={shlex.quote(a)}" for a in kernel_args(arch)),
+        "STAGE": str(stage),
+        "DISK": str(disk),
+        "BOOT_OFFSET": str(boot.offset),
+        "BOOT_KIB": str(boot.size // 1024),
+        "BOOT_LABEL": BOOT_LABEL,
+        "ROOT_OFFSET": str(root.offset),
+        "ROOT_KIB": str(root.size // 1024),
+        "ROOT_LABEL": ROOT_LABEL,
+        "TMPFS_SIZE": f"{layout.root_mib + layout.boot_mib}m",
+    }
+    try:
+        run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-euc", _SYSROOT_SCRIPT],
+            env=env,
+        )
+    except CommandError as exc:
+        if "No space left on device" in exc.stderr or "Could not allocate block" in exc.stderr:
+            raise InfraError(
+                f"no space left on device while building the image in {build.parent}",
+                hint="free disk space",
+            ) from None
+        raise
+    if layout.bootloader == "grub-bios":
+        _install_grub_bios(disk, layout)
+    shutil.rmtree(stage)
+    return Image(
+        path=final / "disk.raw",
+        key=key,
+        commit=commit.checksum,
+        ref=ref,
+        arch=arch.name,
+        layout=layout.name,
+        host_key=host_key,
+        kernel_args=" ".join(kernel_args(arch)),
+    )
+
+
+# Runs as root in a private mount namespace: the tmpfs vanishes with it, however it ends.
+_SYSROOT_SCRIPT = r"""
+work=$(mktemp -d)
+mount -t tmpfs -o size="$TMPFS_SIZE" treegate-sysroot "$work"
+S="$work/sysroot"
+mkdir "$S"
+ostree admin init-fs "$S" >/dev/null
+ostree admin os-init --sysroot="$S" "$OS" >/dev/null
+R="$S/ostree/repo"
+ostree remote add --repo="$R" --set=gpg-verify=false "$REMOTE" "$REMOTE_URL"
+ostree pull-local --repo="$R" "$SRC_REPO" "$COMMIT" >/dev/null
+ostree refs --repo="$R" --create="$REMOTE:$REF" "$COMMIT"
+# With this link in place ostree's syslinux backend keeps loader/syslinux.cfg current on
+# every deploy; GRUB (and U-Boot's extlinux support) read that file.
+mkdir -p "$S/boot/syslinux" "$S/boot/loader.0"
+: > "$S/boot/loader.0/syslinux.cfg"
+ln -s loader.0 "$S/boot/loader"
+ln -s ../loader/syslinux.cfg "$S/boot/syslinux/syslinux.cfg"
+eval "ostree admin deploy --sysroot=\"\$S\" --os=\"\$OS\" $KARGS \"\$REMOTE:\$REF\"" >/dev/null
+D=$(echo "$S/ostree/deploy/$OS/deploy/"*.0)
+cp "$STAGE/etc/fstab" "$STAGE/etc/machine-id" "$D/etc/"
+install -m 0600 "$STAGE/etc/ssh/ssh_host_ed25519_key" "$D/etc/ssh/"
+install -m 0644 "$STAGE/etc/ssh/ssh_host_ed25519_key.pub" "$D/etc/ssh/"
+V="$S/ostree/deploy/$OS/var"
+install -d -m 0700 "$V/roothome" "$V/roothome/.ssh"
+install -m 0600 "$STAGE/authorized_keys" "$V/roothome/.ssh/authorized_keys"
+if [ -f "$STAGE/grub.cfg" ]; then
+  install -D -m 0644 "$STAGE/grub.cfg" "$S/boot/grub/grub.cfg"
+fi
+mkfs.ext4 -q -F -L "$BOOT_LABEL" -E offset="$BOOT_OFFSET" -d "$S/boot" "$DISK" "${BOOT_KIB}k"
+chattr -R -i "$S/ostree/deploy" 2>/dev/null || true
+rm -rf "$S/boot"
+mkdir "$S/boot"
+mkfs.ext4 -q -F -L "$ROOT_LABEL" -E offset="$ROOT_OFFSET" -d "$S" "$DISK" "${ROOT_KIB}k"
+"""
+
+GRUB_CFG = """\
+# Written by treegate.  Boots whatever the guest's ostree made the default deployment: ostree
+# rewrites /loader/syslinux.cfg on every deploy, and GRUB executes it as its own menu.
+set timeout=0
+set default=0
+serial --unit=0 --speed=115200
+terminal_output serial
+syslinux_source /syslinux/syslinux.cfg
+# syslinux_source loads the DEFAULT entry inline when the file names one: boot it.  When it
+# does not, this fails harmlessly and the menu it created boots entry 0 at once.
+boot
+"""
+
+_GRUB_BIOS_MODULES = [
+    "biosdisk",
+    "part_gpt",
+    "ext2",
+    "normal",
+    "configfile",
+    "syslinuxcfg",
+    "linux",
+    "linux16",
+    "boot",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+]
+
+
+def _install_grub_bios(disk: Path, layout: Layout) -> None:
+    """Install GRUB for PC BIOS without grub-install (which wants a block device).
+
+    ``core.img`` goes into the BIOS boot partition with its module set built in and its
+    prefix on the ``/boot`` partition; ``boot.img`` goes into the MBR's code area with the
+    LBA of ``core.img`` patched in, and core.img's own block list is patched to match.
+    """
+    bios = layout.partition("bios")
+    boot_index = [p.name for p in layout.plan()].index("boot") + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        core = Path(tmp) / "core.img"
+        run(
+            [
+                "grub-mkimage",
+                "-O",
+                "i386-pc",
+                "-o",
+                str(core),
+                "-p",
+                f"(hd0,gpt{boot_index})/grub",
+                *_GRUB_BIOS_MODULES,
+            ]
+        )
+        data = bytearray(core.read_bytes())
+    if len(data) > bios.size:
+        raise InfraError(
+            f"GRUB core image ({len(data)} bytes) does not fit the BIOS boot partition"
+        )
+    sectors = (len(data) + 511) // 512
+    # diskboot.img's first block list entry: (start LBA u64, sector count u16) at 0x1f4.
+    struct.pack_into("<QH", data, 0x1F4, bios.start + 1, sectors - 1)
+    mbr_code = bytearray(Path("/usr/lib/grub/i386-pc/boot.img").read_bytes()[:440])
+    struct.pack_into("<Q", mbr_code, 0x5C, bios.start)  # GRUB_BOOT_MACHINE_KERNEL_SECTOR
+    with open(disk, "r+b") as f:
+        f.seek(0)
+        f.write(mbr_code)  # keep the protective MBR's partition entries and signature
+        f.seek(bios.offset)
+        f.write(data)

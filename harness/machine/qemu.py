@@ -1,0 +1,289 @@
+"""The QEMU backend: one ``qemu-system-*`` process, driven over QMP with ``qemu.qmp``.
+
+Each VM runs on a throw-away qcow2 overlay of the cached base image (``cache=unsafe``: the
+overlay is discarded, so flushing it to disk is wasted time), with its serial console in a
+log file, user-mode networking restricted to two forwards (SSH in, the repo server out), and
+a QMP socket for screenshots and power actions.
+
+QEMU is started with ``PR_SET_PDEATHSIG`` so it dies with the process that started it, even
+if that process is killed outright; :meth:`QemuVM.destroy` stops it and removes its work
+directory on every normal, failed or interrupted path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness.accel import Accel
+from harness.errors import InfraError, UserError
+from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
+from harness.machine.base import MachineConfig
+from harness.retry import retry
+from harness.run import run
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: QEMU gets SIGKILL when the harness dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()  # a Ctrl-C at the terminal goes to the harness, which then stops QEMU itself
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class QemuVM:
+    """A VM run by a QEMU process on this host."""
+
+    def __init__(self, base_image: Path, config: MachineConfig) -> None:
+        self.base_image = base_image
+        self.config = config
+        self.name = config.name
+        self.workdir = config.workdir
+        self.console_log = self.workdir / "console.log"
+        self.overlay = self.workdir / "overlay.qcow2"
+        self.qmp_path = self.workdir / "qmp.sock"
+        self.ssh_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._stderr_path = self.workdir / "qemu.stderr"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        arch = self.config.arch
+        if shutil.which(arch.qemu_binary) is None:
+            raise UserError(
+                f"{arch.qemu_binary} is not installed", hint=f"apt-get install {arch.qemu_package}"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                str(self.base_image),
+                str(self.overlay),
+            ]
+        )
+        # The port is free when chosen but could be taken before QEMU binds it: try again.
+        for _attempt in range(5):
+            self.ssh_port = free_port()
+            self._spawn()
+            if self._wait_for_qmp():
+                break
+            reason = self.exit_reason()
+            if "hostfwd" not in reason and "Could not set up host forwarding" not in reason:
+                raise InfraError(f"QEMU did not start: {reason}")
+        else:
+            raise InfraError("QEMU could not bind a free SSH port after 5 tries")
+        (self.workdir / "machine.json").write_text(
+            json.dumps(
+                {
+                    "name": self.name,
+                    "ssh_port": self.ssh_port,
+                    "pid": self.pid,
+                    "owner": os.getpid(),
+                    "console": str(self.console_log),
+                }
+            )
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc else 0
+
+    def qemu_argv(self) -> list[str]:
+        """The full QEMU command line (documented in docs/architecture.md)."""
+        c = self.config
+        arch = c.arch
+        netdev = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        if c.repo_port is not None:
+            # A command forward spawns one socat per guest connection; a tcp: chardev would
+            # serve a single connection and hang the next pull.
+            netdev += (
+                f",guestfwd=tcp:{GUEST_REPO_ADDR}:{GUEST_REPO_PORT}"
+                f"-cmd:socat - TCP:127.0.0.1:{c.repo_port}"
+            )
+        cpu = "host" if c.accel is Accel.kvm else arch.cpu
+        return [
+            arch.qemu_binary,
+            "-name",
+            c.name,
+            "-machine",
+            arch.machine,
+            *c.accel.qemu_args(),
+            "-cpu",
+            cpu,
+            "-smp",
+            str(c.smp),
+            "-m",
+            str(c.memory_mib),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-vga",
+            "std",
+            "-drive",
+            f"file={self.overlay},format=qcow2,if=none,id=disk0,cache=unsafe,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=0",
+            "-netdev",
+            netdev,
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-device",
+            "virtio-rng-pci",
+            "-chardev",
+            f"file,id=serial0,path={self.console_log}",
+            "-serial",
+            "chardev:serial0",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
+
+    def _spawn(self) -> None:
+        self.qmp_path.unlink(missing_ok=True)
+        with open(self._stderr_path, "wb") as err:
+            self._proc = subprocess.Popen(
+                self.qemu_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_die_with_parent,
+                close_fds=True,
+            )
+
+    def _wait_for_qmp(self) -> bool:
+        def ready(_last: bool) -> bool:
+            if self._proc is None or self._proc.poll() is not None:
+                raise _Exited()
+            return self.qmp_path.exists()
+
+        try:
+            retry(
+                ready,
+                30,
+                interval=0.02,
+                max_interval=0.1,
+                what="QEMU's QMP socket",
+                on_timeout=InfraError,
+            )
+        except _Exited:
+            return False
+        qmp = QEMUMonitorProtocol(str(self.qmp_path))
+        qmp.connect()
+        self._qmp = qmp
+        return True
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def exit_reason(self) -> str:
+        code = self._proc.poll() if self._proc else None
+        try:
+            err = self._stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            err = []
+        tail = err[-1] if err else "no message"
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"QEMU was killed by signal {signal.Signals(-code).name} ({tail})"
+        return f"QEMU exited with status {code}: {tail}"
+
+    # -- QMP -----------------------------------------------------------------------------
+    def qmp(self, command: str, **args: object) -> object:
+        """Run a QMP command and return its result; an error if QEMU is gone."""
+        if self._qmp is None or not self.is_running():
+            raise InfraError(f"machine {self.name} is not running: {self.exit_reason()}")
+        return self._qmp.cmd(command, **args)
+
+    def screenshot(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.qmp("screendump", filename=str(path), format="png")
+        return path
+
+    def pause(self) -> None:
+        """Freeze the guest's vCPUs (the process stays)."""
+        self.qmp("stop")
+
+    def resume(self) -> None:
+        self.qmp("cont")
+
+    def kill(self) -> None:
+        if self.is_running() and self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def destroy(self) -> None:
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self._qmp.close()
+            self._qmp = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _Exited(Exception):
+    """QEMU exited while the harness waited for it."""
+
+
+def reap_stale(machines_dir: Path) -> list[str]:
+    """Remove work directories of machines whose owning harness process is gone.
+
+    Returns the names removed.  QEMU itself died with its owner (PDEATHSIG); this cleans up
+    the files a killed harness could not.
+    """
+    removed = []
+    for meta in machines_dir.glob("*/machine.json"):
+        try:
+            data = json.loads(meta.read_text())
+            owner = int(data["owner"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if not _alive(owner):
+            pid = int(data.get("pid", 0))
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(meta.parent, ignore_errors=True)
+            removed.append(str(data.get("name")))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,322 @@
+"""treegate's pytest plugin: options, fixtures and outcome rules for system suites.
+
+Registered by the project's root ``conftest.py`` and as a ``pytest11`` entry point, so the
+same ``pytest tests/system …`` command works from a clone, from an installed package, in CI
+and on a laptop.
+
+Options (``pytest --help``, group *treegate*): ``--repo``, ``--commit``/``--ref``,
+``--baseline``, ``--arch`` (repeatable), ``--layout``, ``--accel``, ``--state-dir``,
+``--treegate-results``.  Without ``--repo`` the plugin composes the fixture trees in
+``fixtures/trees/`` into a repository in the state directory (cached by definition), so
+the suites run with nothing prepared by hand.
+
+Fixtures a suite uses:
+
+* ``machine`` -- a freshly booted candidate (a :class:`~harness.guest.Guest`), one per test;
+* ``candidate`` / ``baseline`` -- the :class:`~harness.repo.Commit` under test and the last good one;
+* ``arch`` -- the arch name the test runs for (tests are parametrized over every ``--arch``);
+* ``harness`` -- the session's :class:`Harness`, to build images and boot other commits.
+
+Outcomes follow treegate's taxonomy: a :class:`~harness.errors.TreeFailure` (a panic on the
+console, a command that failed) is reported **failed** even when it happens while a fixture
+boots the machine; an :class:`~harness.errors.InfraError` (QEMU died, the host broke) is
+reported **error** even when it happens in the test body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import log
+from harness.arch import ARCHES, get_arch
+from harness.boot import PROJECT_ROOT, Target, booted, image_for
+from harness.compose import compose
+from harness.definition import load_definition
+from harness.errors import InfraError, TreeFailure, TreegateError, UserError
+from harness.guest import Guest
+from harness.image import Image
+from harness.repo import Commit, Repo
+from harness.state import State
+
+FIXTURE_TREES = PROJECT_ROOT / "fixtures" / "trees"
+DEFAULT_CANDIDATE = "minimal-v2"
+DEFAULT_BASELINE = "minimal"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("treegate", "treegate: boot OSTree commits and test them")
+    g.addoption(
+        "--repo",
+        help="OSTree repository with the commits under test "
+        "(default: compose fixtures/trees into the state directory)",
+    )
+    g.addoption(
+        "--commit",
+        "--ref",
+        dest="tg_commit",
+        metavar="REV",
+        help=f"candidate commit, a ref or checksum (default: the {DEFAULT_CANDIDATE} fixture tree)",
+    )
+    g.addoption(
+        "--baseline",
+        dest="tg_baseline",
+        metavar="REV",
+        help=f"last good commit (default: the {DEFAULT_BASELINE} fixture tree)",
+    )
+    g.addoption(
+        "--arch",
+        dest="tg_arch",
+        action="append",
+        choices=list(ARCHES),
+        help="arch to run on (repeatable; default x86_64)",
+    )
+    g.addoption("--layout", dest="tg_layout", help="disk layout (default: the arch's)")
+    g.addoption("--accel", dest="tg_accel", choices=["kvm", "tcg"], help="force an accelerator")
+    g.addoption("--state-dir", dest="tg_state", help="state directory (default: .treegate)")
+    g.addoption(
+        "--treegate-results",
+        dest="tg_results",
+        metavar="FILE",
+        help="write each test's treegate outcome (passed/failed/error/skipped) as JSON",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "vm: boots real virtual machines (deselect with -m 'not vm')"
+    )
+    log.setup()
+
+
+@dataclass(frozen=True)
+class PluginOptions:
+    """The plugin's command-line options, read once."""
+
+    repo: str | None
+    commit: str | None
+    baseline: str | None
+    arches: tuple[str, ...]
+    layout: str | None
+    accel: str | None
+    state_dir: str | None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> PluginOptions:
+        return cls(
+            repo=config.getoption("repo"),
+            commit=config.getoption("tg_commit"),
+            baseline=config.getoption("tg_baseline"),
+            arches=tuple(config.getoption("tg_arch") or ["x86_64"]),
+            layout=config.getoption("tg_layout"),
+            accel=config.getoption("tg_accel"),
+            state_dir=config.getoption("tg_state"),
+        )
+
+
+@dataclass
+class Harness:
+    """What one test session shares: the state directory, the repo, targets and images."""
+
+    options: PluginOptions
+    state: State
+    repo: Repo
+    composed: bool
+    """True when the repo is the plugin's own compose of the fixture trees."""
+    run_dir: Path
+    _targets: dict[str, Target] = field(default_factory=dict)
+
+    def target(self, arch: str) -> Target:
+        """The target for ``arch`` (built once per session)."""
+        if arch not in self._targets:
+            self._targets[arch] = Target.create(
+                self.state,
+                self.repo,
+                arch,
+                layout=self.options.layout,
+                force_accel=self.options.accel,
+            )
+        return self._targets[arch]
+
+    def fixture_commit(self, name: str, arch: str) -> Commit:
+        """The commit of fixture tree ``name`` for ``arch``, composed on first use.
+
+        Only available when the session composes its own repo (no ``--repo``).
+        """
+        if not self.composed:
+            raise UserError(f"fixture tree {name!r} is only composed when --repo is not given")
+        definition = load_definition(FIXTURE_TREES / f"{name}.toml")
+        with _locked(self.state.root / "compose.lock"):
+            result = compose(definition, get_arch(arch), self.repo, workdir=self.state.tmp)
+        return self.repo.resolve(result.commit)
+
+    def image(self, rev: str, arch: str, *, ref: str | None = None) -> Image:
+        """The cached (or freshly built) image of ``rev`` for ``arch``."""
+        with _locked(self.state.root / "image.lock"):
+            return image_for(self.target(arch), rev, ref=ref)
+
+    @contextlib.contextmanager
+    def boot(self, image: Image, *, name: str) -> Iterator[Guest]:
+        """Boot ``image`` for the length of a ``with`` block; keep its console as an artifact."""
+        target = self.target(image.arch)
+        guest: Guest | None = None
+        try:
+            with booted(target, image, name=name, wait=False) as guest:
+                guest.wait_for_ssh()
+                yield guest
+        finally:
+            if guest is not None:
+                self.save_console(guest, name)
+
+    def save_console(self, guest: Guest, name: str) -> Path:
+        dest = self.run_dir / name / f"console-{guest.boot_count or 0}.log"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(guest.console.text())
+        return dest
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # Serialises composes and image builds across pytest-xdist workers sharing a state dir.
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def harness(request: pytest.FixtureRequest) -> Harness:
+    """The session's :class:`Harness`."""
+    options = PluginOptions.from_config(request.config)
+    try:
+        state = State.at(options.state_dir)
+        if options.repo:
+            repo = Repo(options.repo)
+            repo.check()
+        else:
+            repo = Repo(state.root / "fixtures-repo")
+            repo.init()
+    except TreegateError as exc:
+        pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
+    run_id = os.environ.get("TREEGATE_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
+    run_dir = state.runs / run_id
+    return Harness(options, state, repo, composed=not options.repo, run_dir=run_dir)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "arch" in metafunc.fixturenames:
+        arches = metafunc.config.getoption("tg_arch") or ["x86_64"]
+        metafunc.parametrize("arch", arches, scope="session")
+
+
+@pytest.fixture(scope="session")
+def candidate(harness: Harness, arch: str) -> Commit:
+    """The commit under test for ``arch``."""
+    rev = harness.options.commit
+    if rev:
+        return harness.repo.resolve(rev)
+    return harness.fixture_commit(DEFAULT_CANDIDATE, arch)
+
+
+@pytest.fixture(scope="session")
+def baseline(harness: Harness, arch: str) -> Commit:
+    """The last good commit (what an upgrade starts from)."""
+    rev = harness.options.baseline
+    if rev:
+        return harness.repo.resolve(rev)
+    return harness.fixture_commit(DEFAULT_BASELINE, arch)
+
+
+@pytest.fixture
+def machine(
+    harness: Harness, candidate: Commit, arch: str, request: pytest.FixtureRequest
+) -> Iterator[Guest]:
+    """A freshly booted machine running the candidate, destroyed after the test."""
+    image = harness.image(candidate.checksum, arch, ref=candidate.ref)
+    name = _machine_name(request.node.nodeid)
+    with harness.boot(image, name=name) as guest:
+        yield guest
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed and guest.vm.is_running():
+            with contextlib.suppress(TreegateError):
+                guest.journal(harness.run_dir / name / "journal.txt")
+            with contextlib.suppress(TreegateError):
+                guest.screenshot(harness.run_dir / name / "screen.png")
+
+
+def _machine_name(nodeid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in nodeid.split("::", 1)[-1])[:60]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    report: pytest.TestReport = outcome.get_result()
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(exc, TreeFailure) and report.when == "setup":
+        # The tree is bad even though a fixture noticed (a panic while booting): failed.
+        report.when = "call"
+    elif isinstance(exc, InfraError) and report.when == "call":
+        # The harness or host broke under the test: error, never failed.
+        report.when = "setup"
+    setattr(item, f"rep_{call.when}", report)
+    if exc is not None and isinstance(exc, TreegateError):
+        report.longrepr = _short_repr(report, exc)
+
+
+def _short_repr(report: pytest.TestReport, exc: TreegateError) -> str:
+    # The traceback through the harness is noise to a test author; the message says it all.
+    # Keep the test's own frames: they show which step of the test failed.
+    full = str(report.longrepr)
+    frames = [b for b in full.split("\n\n") if "tests/" in b and "harness/" not in b]
+    head = "\n\n".join(frames[-1:])
+    return f"{head}\n\n{type(exc).__name__}: {exc}" if head else f"{type(exc).__name__}: {exc}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("tg_results")
+    if not path:
+        return
+    results = []
+    for item in session.items:
+        outcome, duration, message = _outcome_of(item)
+        callspec = getattr(item, "callspec", None)
+        arch = callspec.params.get("arch") if callspec is not None else None
+        results.append(
+            {
+                "nodeid": item.nodeid,
+                "arch": arch,
+                "outcome": outcome,
+                "duration": round(duration, 3),
+                "message": message,
+            }
+        )
+    Path(path).write_text(json.dumps(results, indent=1))
+
+
+def _outcome_of(item: pytest.Item) -> tuple[str, float, str]:
+    reports = [getattr(item, f"rep_{w}", None) for w in ("setup", "call", "teardown")]
+    duration = sum(r.duration for r in reports if r is not None)
+    for r in reports:
+        if r is None:
+            continue
+        if r.skipped:
+            reason = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+            return "skipped", duration, str(reason)
+        if r.failed:
+            kind = "failed" if r.when == "call" else "error"
+            return kind, duration, str(r.longrepr).strip().splitlines()[-1] if r.longrepr else ""
+    if reports[1] is None:
+        return "not run", duration, ""
+    return "passed", duration, ""

@@ -1,0 +1,203 @@
+"""An OSTree repository, through the ``ostree`` command line.
+
+Everything treegate knows about commits comes from here: resolving a ref or checksum,
+reading metadata, committing composed trees.  Bad refs and missing commits become one-line
+:class:`~harness.errors.UserError` s naming the repo.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import CommandError, UserError
+from harness.run import run
+
+_CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A resolved commit: its checksum, the ref it was named by (if any) and its metadata."""
+
+    checksum: str
+    ref: str | None
+    metadata: dict[str, str]
+
+    @property
+    def version(self) -> str:
+        return self.metadata.get("version", "")
+
+    @property
+    def short(self) -> str:
+        return self.checksum[:12]
+
+
+class Repo:
+    """An OSTree repository on the local filesystem."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+
+    def __repr__(self) -> str:
+        return f"Repo({str(self.path)!r})"
+
+    def _ostree(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        return run(["ostree", *args, f"--repo={self.path}"], check=check, input=input).stdout
+
+    def exists(self) -> bool:
+        """True when ``path`` holds an OSTree repository."""
+        return (self.path / "config").is_file() and (self.path / "objects").is_dir()
+
+    def check(self) -> None:
+        """Raise a one-line :class:`UserError` unless ``path`` is a readable repository."""
+        if not self.path.exists():
+            raise UserError(f"repository {self.path} does not exist")
+        if not self.exists():
+            raise UserError(f"{self.path} is not an OSTree repository (no config or objects/)")
+
+    def init(self, mode: str = "archive") -> None:
+        """Create the repository if it does not exist yet (``archive`` mode serves over HTTP)."""
+        if self.exists():
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._ostree("init", f"--mode={mode}")
+
+    def refs(self) -> list[str]:
+        """Every ref in the repository, sorted."""
+        self.check()
+        return sorted(self._ostree("refs").split())
+
+    def resolve(self, rev: str) -> Commit:
+        """Resolve a ref or a full or abbreviated checksum to a :class:`Commit` that exists."""
+        self.check()
+        try:
+            checksum = self._ostree("rev-parse", rev).strip()
+        except CommandError:
+            if re.fullmatch(r"[0-9a-f]{4,64}", rev):
+                raise UserError(f"commit {rev} is not in repository {self.path}") from None
+            raise UserError(
+                f"ref {rev!r} is not in repository {self.path}",
+                hint=_suggest(rev, self.refs()),
+            ) from None
+        if not _CHECKSUM.match(checksum):
+            raise UserError(f"{rev!r} does not name a commit in {self.path}")
+        try:
+            meta = self._metadata(checksum)
+        except CommandError as exc:
+            raise UserError(
+                f"commit {checksum[:12]} (from {rev!r}) cannot be read from {self.path}: "
+                f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else 'missing'}"
+            ) from None
+        named_by_checksum = checksum.startswith(rev) and re.fullmatch(r"[0-9a-f]{4,64}", rev)
+        return Commit(checksum=checksum, ref=None if named_by_checksum else rev, metadata=meta)
+
+    def try_resolve(self, rev: str) -> Commit | None:
+        """Like :meth:`resolve`, but ``None`` when the ref or commit does not exist."""
+        try:
+            return self.resolve(rev)
+        except UserError:
+            return None
+
+    def parent(self, checksum: str) -> str | None:
+        """The parent commit's checksum, or ``None`` for the first commit of a history."""
+        out = run(["ostree", "rev-parse", f"--repo={self.path}", f"{checksum}^"], check=False)
+        parent = out.stdout.strip()
+        return parent if out.returncode == 0 and _CHECKSUM.match(parent) else None
+
+    def history(self, rev: str, limit: int = 100) -> list[Commit]:
+        """``rev`` and its ancestors, newest first (empty when ``rev`` does not exist).
+
+        Ancestors whose objects are not in the repository (a shallow pull) end the walk.
+        """
+        head = self.try_resolve(rev)
+        if head is None:
+            return []
+        out = [head]
+        while len(out) < limit:
+            parent = self.parent(out[-1].checksum)
+            if parent is None:
+                break
+            try:
+                out.append(Commit(parent, None, self._metadata(parent)))
+            except CommandError:
+                break
+        return out
+
+    def _metadata(self, checksum: str) -> dict[str, str]:
+        # `ostree show --raw` prints the commit GVariant; metadata is its first member, a
+        # dict of string keys.  Only string values are kept: that is all treegate writes.
+        raw = self._ostree("show", "--raw", checksum)
+        return _parse_string_metadata(raw)
+
+    def commit(
+        self,
+        tree: Path,
+        ref: str,
+        *,
+        subject: str,
+        metadata: dict[str, str],
+    ) -> str:
+        """Commit the directory ``tree`` on ``ref`` and return the new checksum."""
+        args = [
+            "commit",
+            f"--branch={ref}",
+            f"--tree=dir={tree}",
+            f"--subject={subject}",
+            "--generate-sizes",
+        ]
+        args += [f"--add-metadata-string={k}={v}" for k, v in sorted(metadata.items())]
+        return self._ostree(*args).strip()
+
+    def update_summary(self) -> None:
+        """Regenerate the summary file so remotes see the current refs."""
+        self._ostree("summary", "-u")
+
+    def read_file(self, commit: str, path: str) -> str:
+        """The text of ``path`` inside ``commit``."""
+        return self._ostree("cat", commit, path)
+
+    def export_file(self, commit: str, path: str, dest: Path) -> Path:
+        """Write the file ``path`` of ``commit`` to ``dest`` (binary-safe)."""
+        run(["ostree", "cat", f"--repo={self.path}", commit, path], stdout_path=dest)
+        return dest
+
+    def has_path(self, commit: str, path: str) -> bool:
+        """True when ``path`` exists inside ``commit``."""
+        out = run(["ostree", "ls", f"--repo={self.path}", commit, path], check=False)
+        return out.returncode == 0
+
+    def kernel_version(self, commit: str) -> str:
+        """The kernel version directory under ``/usr/lib/modules`` that holds a vmlinuz."""
+        listing = self._ostree("ls", commit, "/usr/lib/modules")
+        for line in listing.splitlines():
+            name = line.split()[-1].rsplit("/", 1)[-1]
+            if (
+                name
+                and name != "modules"
+                and self.has_path(commit, f"/usr/lib/modules/{name}/vmlinuz")
+            ):
+                return name
+        raise UserError(f"commit {commit[:12]} has no kernel in /usr/lib/modules/*/vmlinuz")
+
+
+def _parse_string_metadata(raw: str) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    start = raw.find("{")
+    if start < 0:
+        return meta
+    for m in re.finditer(r"'([^']+)': <'((?:[^'\\]|\\.)*)'>", raw[start:]):
+        meta[m.group(1)] = m.group(2).replace("\\'", "'")
+    return meta
+
+
+def _suggest(rev: str, refs: list[str]) -> str | None:
+    if not refs:
+        return "the repository has no refs"
+    import difflib
+
+    close = difflib.get_close_matches(rev, refs, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"known refs: {', '.join(refs[:5])}{' …' if len(refs) > 5 else ''}"

@@ -1,0 +1,59 @@
+"""Disk layouts: partition planning and the sfdisk script."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UserError
+from harness.layout import BIOS_BOOT, MIB, SECTOR, load_layout
+
+IMAGES = Path(__file__).resolve().parents[2] / "images"
+
+
+def test_bios_layout_plan_is_aligned_and_contiguous() -> None:
+    layout = load_layout("bios", IMAGES)
+    parts = layout.plan()
+    assert [p.name for p in parts] == ["bios", "boot", "root"]
+    assert parts[0].type_guid == BIOS_BOOT
+    assert parts[0].start * SECTOR == MIB
+    for a, b in itertools.pairwise(parts):
+        assert a.start + a.sectors == b.start
+    for p in parts:
+        assert p.offset % MIB == 0
+    assert layout.disk_size() == parts[-1].offset + parts[-1].size + MIB
+
+
+def test_sfdisk_accepts_the_script(tmp_path: Path) -> None:
+    layout = load_layout("bios", IMAGES)
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(layout.disk_size())
+    subprocess.run(
+        ["sfdisk", "--quiet", str(disk)], input=layout.sfdisk_script(), text=True, check=True
+    )
+    out = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    )
+    table = json.loads(out.stdout)["partitiontable"]
+    assert table["label"] == "gpt"
+    written = [(p["start"], p["size"], p["type"], p["name"]) for p in table["partitions"]]
+    planned = [(p.start, p.sectors, p.type_guid, p.name) for p in layout.plan()]
+    assert written == planned
+
+
+def test_unknown_layout_names_the_known_ones() -> None:
+    with pytest.raises(UserError) as caught:
+        load_layout("nope", IMAGES)
+    assert "bios" in caught.value.one_line()
+
+
+def test_layout_with_bad_sizes_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "tiny.toml"
+    bad.write_text('bootloader = "grub-bios"\nboot_mib = 1\nroot_mib = 4096\n')
+    with pytest.raises(UserError, match="boot_mib"):
+        load_layout(str(bad), IMAGES)
