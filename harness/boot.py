@@ -81,11 +81,11 @@ class Target:
 def image_for(target: Target, rev: str, *, ref: str | None = None) -> Image:
     """The image of ``rev`` (a ref or checksum) for the target, from the cache when possible.
 
-    The deployment's origin is ``ref`` when given, else ``rev`` when it is a ref, else the
-    commit's ``treegate.stream`` ref from its metadata.
+    The deployment's origin (what ``ostree admin upgrade`` in the guest follows) is ``ref``
+    when given, else ``rev`` when it is a ref, else a ref whose history holds the commit.
     """
     commit = target.repo.resolve(rev)
-    origin = ref or commit.ref or _stream_ref(commit.metadata, target.arch.name) or rev
+    origin = ref or commit.ref or target.repo.ref_containing(commit.checksum)
     arch_of_commit = commit.metadata.get("treegate.arch")
     if arch_of_commit and arch_of_commit != target.arch.name:
         from harness.errors import UserError
@@ -101,11 +101,6 @@ def image_for(target: Target, rev: str, *, ref: str | None = None) -> Image:
             client_key=target.client_key,
             cache_dir=target.state.images,
         )
-
-
-def _stream_ref(meta: dict[str, str], arch: str) -> str | None:
-    stream = meta.get("treegate.stream")
-    return f"treegate/bookworm/{arch}/{stream}" if stream else None
 
 
 def accel_for(target: Target, image: Image) -> tuple[Accel, str]:

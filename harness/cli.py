@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from harness.arch import ARCHES, get_arch
 from harness.boot import Target
 from harness.errors import InfraError, TreeFailure, TreegateError, UserError
 from harness.state import State
+from harness.suites import SUITES
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
@@ -87,15 +89,12 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
-    import signal
     import time
 
     from harness.boot import booted, image_for, ssh_command
 
     target = _target(args)
     image = image_for(target, args.commit)
-    # SIGTERM unwinds like Ctrl-C, so the machine is destroyed either way.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     start = time.monotonic()
     with booted(target, image, name=args.name) as machine:
         took = time.monotonic() - start
@@ -137,6 +136,39 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
     argv = ssh_command(state, int(data["ssh_port"]), host_key, workdir) + list(args.command)
     os.execvp(argv[0], argv)
     return 0  # not reached
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.gate import GateConfig, run_gate, verdict_table
+
+    config = GateConfig(
+        repo=Path(args.repo),
+        candidate_ref=args.ref,
+        tested_ref=args.promote_to,
+        arches=tuple(args.arch or ["x86_64"]),
+        suites=tuple(args.suite or ()),
+        rebase_ref=args.rebase_ref,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        workers=args.workers,
+        layout=args.layout,
+        accel=args.accel,
+        wait_for_lock=not args.no_wait,
+    )
+    verdict = run_gate(config)
+    print(verdict_table(verdict))
+    if args.json:
+        Path(args.json).write_text(json.dumps(verdict.to_json(), indent=1))
+    return verdict.exit_code
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from harness.demo import run_demo
+
+    state = State.at(args.state_dir)
+    workdir = Path(args.workdir) if args.workdir else state.root / "demo"
+    return run_demo(workdir, state, arch=args.arch, json_out=Path(args.json) if args.json else None)
 
 
 def _add_target(p: argparse.ArgumentParser, commit: bool = True) -> None:
@@ -207,6 +239,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_boot)
 
     p = sub.add_parser(
+        "gate",
+        help="test a candidate commit and promote it to the tested ref only if every required suite passed",
+        description="Exit status: 0 promoted, 1 rejected (a test failed: the tree is bad), "
+        "2 bad input, 3 error (the harness or host broke: nothing promoted), 130 interrupted.",
+    )
+    p.add_argument("--repo", required=True, help="OSTree repository")
+    p.add_argument("--ref", required=True, help="candidate ref (may contain {arch})")
+    p.add_argument(
+        "--promote-to",
+        required=True,
+        metavar="TESTED_REF",
+        help="tested ref moved on success; its commit is the upgrade baseline (may contain {arch})",
+    )
+    p.add_argument("--arch", action="append", help="required arch (repeatable; default x86_64)")
+    p.add_argument(
+        "--suite",
+        action="append",
+        help="required suite (repeatable; default: every suite that "
+        "applied to the baseline): " + ", ".join(SUITES),
+    )
+    p.add_argument(
+        "--rebase-ref", help="another tree's ref for the rebase suite (may contain {arch})"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="VMs run side by side (pytest-xdist; default 1)"
+    )
+    p.add_argument("--layout", help="disk layout (default: the arch's)")
+    p.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator (default: probe)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="refuse instead of waiting when another gate holds the tested ref",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
+    _add_common(p)
+    p.set_defaults(func=_cmd_gate)
+
+    p = sub.add_parser(
+        "demo", help="compose the fixture trees and gate them, checking every verdict"
+    )
+    p.add_argument("--workdir", help="where the demo repository lives (default: STATE_DIR/demo)")
+    p.add_argument("--arch", default="x86_64", choices=list(ARCHES), help="arch to run the demo on")
+    p.add_argument("--json", metavar="FILE", help="write the list of verdicts as JSON")
+    _add_common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
         "ssh", help="open a shell (or run a command) on a machine started by treegate boot"
     )
     p.add_argument("name", nargs="?", help="machine name (default: the only running one)")
@@ -216,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``treegate`` command."""
     parser = build_parser()
@@ -223,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # boot narrates what it does (the accelerator chosen, the wait for SSH); others are quiet.
     log.setup(args.verbose + (1 if args.command == "boot" else 0))
     func: Callable[[argparse.Namespace], int] = args.func
+    # SIGTERM unwinds like Ctrl-C, so machines are destroyed and the store is finished.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return func(args)
     except KeyboardInterrupt:

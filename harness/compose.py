@@ -103,26 +103,88 @@ def compose(
         for earlier in repo.history(ref, limit=50):
             if earlier.metadata.get("treegate.compose-key") == key:
                 return ComposeResult(ref, earlier.checksum, True, time.monotonic() - start)
-    _check_can_run(arch)
+    metadata = {
+        "version": definition.version,
+        "treegate.definition": definition.name,
+        "treegate.stream": definition.stream,
+        "treegate.arch": arch.name,
+        "treegate.compose-key": key,
+    }
+    subject = f"{definition.name} {definition.version} ({arch.name})"
     workdir.mkdir(parents=True, exist_ok=True)
+    if definition.layers_on_parent():
+        assert definition.parent is not None
+        parent = compose(definition.parent, arch, repo, workdir=workdir, progress=progress)
+        with tempfile.TemporaryDirectory(prefix="layer-", dir=workdir) as tmp:
+            layer = _layer(definition, definition.parent, repo, parent.commit, Path(tmp))
+            commit = repo.commit(layer, ref, subject=subject, metadata=metadata, base=parent.commit)
+        return ComposeResult(ref, commit, False, time.monotonic() - start)
+    _check_can_run(arch)
     with tempfile.TemporaryDirectory(prefix="compose-", dir=workdir) as tmp:
         root = Path(tmp) / "root"
         _mmdebstrap(definition, arch, root, Path(tmp), progress or (lambda line: None))
         _to_ostree_layout(root)
-        commit = repo.commit(
-            root,
-            ref,
-            subject=f"{definition.name} {definition.version} ({arch.name})",
-            metadata={
-                "version": definition.version,
-                "treegate.definition": definition.name,
-                "treegate.stream": definition.stream,
-                "treegate.arch": arch.name,
-                "treegate.compose-key": key,
-            },
-        )
+        commit = repo.commit(root, ref, subject=subject, metadata=metadata)
         _remove_tree(root)
     return ComposeResult(ref, commit, False, time.monotonic() - start)
+
+
+def _tree_path(path: str) -> str:
+    """Where a definition's file lands in an OSTree commit: ``/etc`` lives in ``/usr/etc``."""
+    rel = path.lstrip("/")
+    return "usr/" + rel if rel == "etc" or rel.startswith("etc/") else rel
+
+
+def _layer(definition: Definition, parent: Definition, repo: Repo, base: str, tmp: Path) -> Path:
+    """The files and unit links that ``definition`` adds to its parent's commit ``base``."""
+    layer = tmp / "layer"
+    layer.mkdir(mode=0o755)
+    for f in definition.files:
+        dest = layer / _tree_path(f.path)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        dest.write_text(f.content)
+        dest.chmod(f.mode)
+    units = layer / "usr/etc/systemd/system"
+    own = {f.path: f.content for f in definition.files}
+    for service in definition.services:
+        if service in parent.services:
+            continue
+        unit_path, text = _find_unit(service, own, repo, base)
+        for target in _wanted_by(text):
+            link = units / f"{target}.wants" / service
+            link.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            os.symlink(unit_path, link)
+    for unit in definition.masked:
+        if unit not in parent.masked:
+            units.mkdir(parents=True, exist_ok=True, mode=0o755)
+            os.symlink("/dev/null", units / unit)
+    return layer
+
+
+def _find_unit(unit: str, own: dict[str, str], repo: Repo, base: str) -> tuple[str, str]:
+    for where in ("/etc/systemd/system", "/usr/lib/systemd/system"):
+        path = f"{where}/{unit}"
+        if path in own:
+            return path, own[path]
+        tree_path = "/" + _tree_path(path)
+        if repo.has_path(base, tree_path):
+            return path, repo.read_file(base, tree_path)
+    raise UserError(f"cannot enable {unit}: no such unit in the tree or the definition's files")
+
+
+def _wanted_by(unit_text: str) -> list[str]:
+    """The targets in a unit's ``[Install] WantedBy=`` (what ``systemctl enable`` links into)."""
+    targets: list[str] = []
+    section = ""
+    for line in unit_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Install]" and line.startswith("WantedBy="):
+            targets += line.split("=", 1)[1].split()
+    if not targets:
+        raise UserError("a unit to enable has no [Install] WantedBy=")
+    return targets
 
 
 def host_apt_sources(suite: str, exclude_suites: tuple[str, ...] = ()) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,24 @@ class Definition:
     files: tuple[TreeFile, ...]
     exclude_suites: tuple[str, ...] = field(default=())
     """Apt suites of the host's sources to leave out (e.g. a security suite whose index is stale)."""
+    parent: Definition | None = None
+    """The definition this one ``extends``, resolved."""
+
+    def layers_on_parent(self) -> bool:
+        """True when this definition adds only files and units to its parent's packages.
+
+        Such a tree is composed as a layer on the parent's commit in seconds instead of a
+        full mmdebstrap run.
+        """
+        p = self.parent
+        return (
+            p is not None
+            and set(self.packages) == set(p.packages)
+            and self.suite == p.suite
+            and self.exclude_suites == p.exclude_suites
+            and set(p.services) <= set(self.services)
+            and set(p.masked) <= set(self.masked)
+        )
 
     def ref(self, arch: str) -> str:
         """The ref this tree is committed on for ``arch``."""
@@ -75,7 +93,10 @@ class Definition:
 
     def cache_key(self, arch: str, recipe: str) -> str:
         """A digest of everything that decides the composed tree; equal keys mean equal trees."""
-        payload = json.dumps({"def": asdict(self), "arch": arch, "recipe": recipe}, sort_keys=True)
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "parent"}
+        payload = json.dumps(
+            {"def": asdict(_Plain(own))["data"], "arch": arch, "recipe": recipe}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -95,9 +116,22 @@ def load_definition(path: str | Path) -> Definition:
             masked=tuple(dict.fromkeys(_str_list(raw, "masked", path))),
             files=tuple(_files(raw.get("files", {}), path)),
             exclude_suites=tuple(_str_list(raw, "exclude_suites", path)),
+            parent=_parent(Path(path)),
         )
     except KeyError as exc:
         raise UserError(f"{path}: missing required key {exc.args[0]!r}") from None
+
+
+def _parent(path: Path) -> Definition | None:
+    extends = tomllib.loads(path.read_text()).get("extends")
+    return load_definition(path.parent / extends) if isinstance(extends, str) else None
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """Wraps a dict so ``asdict`` turns nested dataclasses (files) into plain data."""
+
+    data: dict[str, Any]
 
 
 def _load_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:

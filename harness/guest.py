@@ -28,6 +28,7 @@ import paramiko
 from harness import log
 from harness.console import ConsoleWatcher
 from harness.errors import (
+    BootFailure,
     GuestCommandFailed,
     GuestTimeout,
     InfraError,
@@ -121,6 +122,11 @@ class Guest:
 
             def attempt(_last: bool) -> paramiko.SSHClient | None:
                 self._check_alive()
+                if self.console.wait_text_seen(_SSHD_FAILED):
+                    # systemd printed that sshd failed: SSH will never answer, say so now.
+                    raise BootFailure(
+                        f"{self.name}: sshd failed to start", console_tail=self.console.tail()
+                    )
                 return self._connect_once()
 
             def timed_out(message: str) -> Exception:
@@ -274,6 +280,57 @@ class Guest:
                 return d.checksum
         raise TreeFailure(f"machine {self.name} has no booted ostree deployment")
 
+    def upgrade(self, to: str | None = None) -> Deployment:
+        """Pull and deploy an update from the harness's repo server (``ostree admin upgrade``).
+
+        ``to`` pins the commit to deploy (``--override-commit``); without it the origin ref's
+        newest commit is deployed.  Returns the new (pending) default deployment; the machine
+        boots it on the next :meth:`reboot`.
+        """
+        override = f" --override-commit={shlex.quote(to)}" if to else ""
+        with log.nested(f"upgrading {self.name}" + (f" to {to[:12]}" if to else "")):
+            self.succeed(f"ostree admin upgrade{override}", timeout=600)
+        return self._pending_default(to)
+
+    def rollback(self) -> Deployment:
+        """Make the previous deployment's commit the default again; boot it on the next reboot.
+
+        ostree 2022.7 has no ``admin rollback``: the previous commit is deployed again with its
+        own origin (so a later upgrade still follows its ref), and its ``/etc`` is merged from
+        the booted one as on any deploy.
+        """
+        deployments = self.deployments()
+        booted = next((i for i, d in enumerate(deployments) if d.booted), None)
+        if booted is None:
+            raise TreeFailure(f"machine {self.name} has no booted deployment")
+        previous = next((d for d in deployments[booted + 1 :]), None)
+        if previous is None:
+            raise TreeFailure(f"machine {self.name} has no previous deployment to roll back to")
+        origin = f"/ostree/deploy/{previous.stateroot}/deploy/{previous.checksum}.{previous.serial}.origin"
+        with log.nested(f"rolling {self.name} back to {previous.checksum[:12]}"):
+            self.succeed(
+                f"ostree admin deploy --os={shlex.quote(previous.stateroot)} "
+                f"--origin-file={shlex.quote(origin)} {previous.checksum}",
+                timeout=600,
+            )
+        return self._pending_default(previous.checksum)
+
+    def switch(self, ref: str, remote: str = "treegate") -> Deployment:
+        """Rebase onto another tree: pull ``remote:ref`` and deploy it (``ostree admin switch``)."""
+        with log.nested(f"switching {self.name} to {remote}:{ref}"):
+            self.succeed(f"ostree admin switch {shlex.quote(f'{remote}:{ref}')}", timeout=600)
+        return self._pending_default(None)
+
+    def _pending_default(self, expected: str | None) -> Deployment:
+        default = self.deployments()[0]
+        if default.booted:
+            raise TreeFailure(f"machine {self.name}: ostree deployed nothing new")
+        if expected is not None and not default.checksum.startswith(expected):
+            raise TreeFailure(
+                f"machine {self.name}: default deployment is {default.checksum[:12]}, expected {expected[:12]}"
+            )
+        return default
+
     # -- files and logs ------------------------------------------------------------------
     def put_file(self, local: Path, remote: str) -> None:
         """Copy a host file into the guest."""
@@ -304,6 +361,8 @@ class Guest:
         """Save the VM's display as PNG."""
         return self.vm.screenshot(path)
 
+
+_SSHD_FAILED = r"Failed to start (?:ssh|sshd)\S*\.service|Failed to start .*OpenBSD Secure Shell"
 
 _STATUS_LINE = re.compile(
     r"^(?P<mark>[* ]) (?P<os>\S+) (?P<csum>[0-9a-f]{64})\.(?P<serial>\d+)(?P<flags>.*)$"

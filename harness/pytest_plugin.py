@@ -13,6 +13,8 @@ the suites run with nothing prepared by hand.
 Fixtures a suite uses:
 
 * ``machine`` -- a freshly booted candidate (a :class:`~harness.guest.Guest`), one per test;
+* ``baseline_machine`` -- a freshly booted baseline whose origin is the candidate's ref;
+* ``rebase_ref`` -- another tree's ref for the rebase suite;
 * ``candidate`` / ``baseline`` -- the :class:`~harness.repo.Commit` under test and the last good one;
 * ``arch`` -- the arch name the test runs for (tests are parametrized over every ``--arch``);
 * ``harness`` -- the session's :class:`Harness`, to build images and boot other commits.
@@ -26,6 +28,7 @@ reported **error** even when it happens in the test body.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -45,8 +48,9 @@ from harness.definition import load_definition
 from harness.errors import InfraError, TreeFailure, TreegateError, UserError
 from harness.guest import Guest
 from harness.image import Image
-from harness.repo import Commit, Repo
+from harness.repo import Commit, Repo, serve
 from harness.state import State
+from harness.suites import FEATURES, has_feature
 
 FIXTURE_TREES = PROJECT_ROOT / "fixtures" / "trees"
 DEFAULT_CANDIDATE = "minimal-v2"
@@ -74,6 +78,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"last good commit (default: the {DEFAULT_BASELINE} fixture tree)",
     )
     g.addoption(
+        "--origin-ref",
+        dest="tg_origin_ref",
+        metavar="REF",
+        help="the ref machines follow (their deployment's origin); default: --commit when it is a ref",
+    )
+    g.addoption(
+        "--rebase-ref",
+        dest="tg_rebase_ref",
+        metavar="REF",
+        help="another tree's ref for the rebase suite (default: the docker fixture tree)",
+    )
+    g.addoption(
         "--arch",
         dest="tg_arch",
         action="append",
@@ -95,6 +111,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "vm: boots real virtual machines (deselect with -m 'not vm')"
     )
+    config.addinivalue_line(
+        "markers",
+        "needs(feature): the test needs a tree with FEATURE (e.g. 'docker'): skipped with a reason "
+        "when the candidate has none; run on the fixture tree that has it when composing",
+    )
     log.setup()
 
 
@@ -105,6 +126,8 @@ class PluginOptions:
     repo: str | None
     commit: str | None
     baseline: str | None
+    rebase_ref: str | None
+    origin_ref: str | None
     arches: tuple[str, ...]
     layout: str | None
     accel: str | None
@@ -116,6 +139,8 @@ class PluginOptions:
             repo=config.getoption("repo"),
             commit=config.getoption("tg_commit"),
             baseline=config.getoption("tg_baseline"),
+            rebase_ref=config.getoption("tg_rebase_ref"),
+            origin_ref=config.getoption("tg_origin_ref"),
             arches=tuple(config.getoption("tg_arch") or ["x86_64"]),
             layout=config.getoption("tg_layout"),
             accel=config.getoption("tg_accel"),
@@ -133,6 +158,8 @@ class Harness:
     composed: bool
     """True when the repo is the plugin's own compose of the fixture trees."""
     run_dir: Path
+    repo_port: int
+    """Port of the session's read-only repo server (what guests pull upgrades from)."""
     _targets: dict[str, Target] = field(default_factory=dict)
 
     def target(self, arch: str) -> Target:
@@ -144,20 +171,66 @@ class Harness:
                 arch,
                 layout=self.options.layout,
                 force_accel=self.options.accel,
+                repo_port=self.repo_port,
             )
         return self._targets[arch]
 
     def fixture_commit(self, name: str, arch: str) -> Commit:
         """The commit of fixture tree ``name`` for ``arch``, composed on first use.
 
-        Only available when the session composes its own repo (no ``--repo``).
+        Earlier versions of the same stream are composed first, so that commit order (and
+        timestamps, which ``ostree admin upgrade`` checks) follows version order.  Only
+        available when the session composes its own repo (no ``--repo``).
         """
         if not self.composed:
             raise UserError(f"fixture tree {name!r} is only composed when --repo is not given")
-        definition = load_definition(FIXTURE_TREES / f"{name}.toml")
+        wanted = load_definition(FIXTURE_TREES / f"{name}.toml")
+        stream = sorted(
+            (
+                d
+                for d in map(load_definition, sorted(FIXTURE_TREES.glob("*.toml")))
+                if d.stream == wanted.stream
+            ),
+            key=lambda d: (d.version, d.name),
+        )
         with _locked(self.state.root / "compose.lock"):
-            result = compose(definition, get_arch(arch), self.repo, workdir=self.state.tmp)
-        return self.repo.resolve(result.commit)
+            for definition in stream[: stream.index(wanted) + 1]:
+                result = compose(definition, get_arch(arch), self.repo, workdir=self.state.tmp)
+        return dataclasses.replace(self.repo.resolve(result.commit), ref=result.ref)
+
+    def candidate(self, arch: str, feature: str | None = None) -> Commit:
+        """The commit under test: ``--commit``, or the fixture tree (with ``feature``)."""
+        if self.options.commit:
+            commit = self.repo.resolve(self.options.commit)
+            if self.options.origin_ref:
+                commit = dataclasses.replace(commit, ref=self.options.origin_ref)
+            if feature is not None and not has_feature(self.repo, commit, feature):
+                pytest.skip(f"candidate {commit.short} has no {feature} ({FEATURES[feature].path})")
+            return commit
+        return self.fixture_commit(
+            FEATURES[feature].fixture if feature else DEFAULT_CANDIDATE, arch
+        )
+
+    def baseline(self, arch: str, feature: str | None = None) -> Commit:
+        """The last good commit: ``--baseline``, or the fixture tree; skips the test if none."""
+        if self.options.baseline:
+            return self.repo.resolve(self.options.baseline)
+        if self.options.commit:
+            pytest.skip("no baseline: the first commit of a stream has nothing to upgrade from")
+        return self.fixture_commit(
+            FEATURES[feature].fixture_baseline if feature else DEFAULT_BASELINE, arch
+        )
+
+    def rebase_ref(self, arch: str) -> str:
+        """The ref of another tree to rebase onto; skips the test if there is none."""
+        if self.options.rebase_ref:
+            self.repo.resolve(self.options.rebase_ref)
+            return self.options.rebase_ref
+        if self.options.commit:
+            pytest.skip("no rebase target: pass --rebase-ref")
+        commit = self.fixture_commit(FEATURES["docker"].fixture_baseline, arch)
+        assert commit.ref is not None
+        return commit.ref
 
     def image(self, rev: str, arch: str, *, ref: str | None = None) -> Image:
         """The cached (or freshly built) image of ``rev`` for ``arch``."""
@@ -196,8 +269,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def harness(request: pytest.FixtureRequest) -> Harness:
-    """The session's :class:`Harness`."""
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The session's :class:`Harness`, with the repo served to guests while it lives."""
     options = PluginOptions.from_config(request.config)
     try:
         state = State.at(options.state_dir)
@@ -211,7 +284,10 @@ def harness(request: pytest.FixtureRequest) -> Harness:
         pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
     run_id = os.environ.get("TREEGATE_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
     run_dir = state.runs / run_id
-    return Harness(options, state, repo, composed=not options.repo, run_dir=run_dir)
+    with serve(repo) as port:
+        yield Harness(
+            options, state, repo, composed=not options.repo, run_dir=run_dir, repo_port=port
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -220,22 +296,44 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("arch", arches, scope="session")
 
 
-@pytest.fixture(scope="session")
-def candidate(harness: Harness, arch: str) -> Commit:
+def _needed_feature(request: pytest.FixtureRequest) -> str | None:
+    marker = request.node.get_closest_marker("needs")
+    if marker is None:
+        return None
+    feature = str(marker.args[0])
+    if feature not in FEATURES:
+        raise UserError(f"{request.node.nodeid}: unknown feature {feature!r} in needs()")
+    return feature
+
+
+@pytest.fixture
+def candidate(harness: Harness, arch: str, request: pytest.FixtureRequest) -> Commit:
     """The commit under test for ``arch``."""
-    rev = harness.options.commit
-    if rev:
-        return harness.repo.resolve(rev)
-    return harness.fixture_commit(DEFAULT_CANDIDATE, arch)
+    return harness.candidate(arch, _needed_feature(request))
 
 
-@pytest.fixture(scope="session")
-def baseline(harness: Harness, arch: str) -> Commit:
-    """The last good commit (what an upgrade starts from)."""
-    rev = harness.options.baseline
-    if rev:
-        return harness.repo.resolve(rev)
-    return harness.fixture_commit(DEFAULT_BASELINE, arch)
+@pytest.fixture
+def baseline(harness: Harness, arch: str, request: pytest.FixtureRequest) -> Commit:
+    """The last good commit (what an upgrade starts from); the test is skipped without one."""
+    return harness.baseline(arch, _needed_feature(request))
+
+
+@pytest.fixture
+def rebase_ref(harness: Harness, arch: str) -> str:
+    """The ref of another tree for the rebase suite; the test is skipped without one."""
+    return harness.rebase_ref(arch)
+
+
+@pytest.fixture
+def baseline_machine(
+    harness: Harness, baseline: Commit, candidate: Commit, arch: str, request: pytest.FixtureRequest
+) -> Iterator[Guest]:
+    """A freshly booted machine running the baseline, following the candidate's ref.
+
+    ``machine.upgrade(to=candidate.checksum)`` then moves it to the candidate.
+    """
+    image = harness.image(baseline.checksum, arch, ref=candidate.ref)
+    yield from _booted_for_test(harness, image, request)
 
 
 @pytest.fixture
@@ -244,6 +342,24 @@ def machine(
 ) -> Iterator[Guest]:
     """A freshly booted machine running the candidate, destroyed after the test."""
     image = harness.image(candidate.checksum, arch, ref=candidate.ref)
+    yield from _booted_for_test(harness, image, request)
+
+
+@pytest.fixture(scope="module")
+def shared_machine(harness: Harness, arch: str, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """One booted candidate shared by the tests of a module that only look at it.
+
+    Like kola's non-exclusive tests: cheaper than a boot per test, for checks that leave the
+    machine as they found it.  A test that changes the machine uses ``machine``.
+    """
+    candidate = harness.candidate(arch, _needed_feature(request))
+    image = harness.image(candidate.checksum, arch, ref=candidate.ref)
+    yield from _booted_for_test(harness, image, request)
+
+
+def _booted_for_test(
+    harness: Harness, image: Image, request: pytest.FixtureRequest
+) -> Iterator[Guest]:
     name = _machine_name(request.node.nodeid)
     with harness.boot(image, name=name) as guest:
         yield guest

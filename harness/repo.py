@@ -7,7 +7,12 @@ reading metadata, committing composed trees.  Bad refs and missing commits becom
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +130,16 @@ class Repo:
                 break
         return out
 
+    def ref_containing(self, checksum: str) -> str:
+        """A ref whose recent history holds ``checksum`` (to use as a deployment's origin)."""
+        for ref in self.refs():
+            if any(c.checksum == checksum for c in self.history(ref, limit=50)):
+                return ref
+        raise UserError(
+            f"commit {checksum[:12]} is on no ref of {self.path}",
+            hint="name a ref with --commit, or put the commit on one",
+        )
+
     def _metadata(self, checksum: str) -> dict[str, str]:
         # `ostree show --raw` prints the commit GVariant; metadata is its first member, a
         # dict of string keys.  Only string values are kept: that is all treegate writes.
@@ -138,11 +153,17 @@ class Repo:
         *,
         subject: str,
         metadata: dict[str, str],
+        base: str | None = None,
     ) -> str:
-        """Commit the directory ``tree`` on ``ref`` and return the new checksum."""
+        """Commit the directory ``tree`` on ``ref`` and return the new checksum.
+
+        With ``base`` (a commit), ``tree`` is laid over that commit's tree: files in ``tree``
+        replace or add to the base's, everything else is kept.
+        """
         args = [
             "commit",
             f"--branch={ref}",
+            *([f"--tree=ref={base}"] if base else []),
             f"--tree=dir={tree}",
             f"--subject={subject}",
             "--generate-sizes",
@@ -150,9 +171,38 @@ class Repo:
         args += [f"--add-metadata-string={k}={v}" for k, v in sorted(metadata.items())]
         return self._ostree(*args).strip()
 
+    def promote(
+        self, candidate: Commit, tested_ref: str, *, subject: str, metadata: dict[str, str]
+    ) -> str:
+        """Move ``tested_ref`` to the candidate's tree in one atomic ref update.
+
+        The new commit on ``tested_ref`` has the candidate's exact tree, the previous tested
+        commit as parent, and ``metadata`` recording why it was promoted; then the summary is
+        regenerated so remotes see it.  Returns the promotion commit's checksum.
+        """
+        meta = {"version": candidate.version, **metadata}
+        args = [
+            "commit",
+            f"--branch={tested_ref}",
+            f"--tree=ref={candidate.checksum}",
+            f"--subject={subject}",
+            "--generate-sizes",
+        ]
+        args += [f"--add-metadata-string={k}={v}" for k, v in sorted(meta.items())]
+        checksum = self._ostree(*args).strip()
+        self.update_summary()
+        return checksum
+
     def update_summary(self) -> None:
         """Regenerate the summary file so remotes see the current refs."""
         self._ostree("summary", "-u")
+
+    def content_checksum(self, commit: str) -> str:
+        """The checksum of the commit's tree: equal for commits with identical content."""
+        for line in self._ostree("show", commit).splitlines():
+            if line.startswith("ContentChecksum:"):
+                return line.split(":", 1)[1].strip()
+        raise UserError(f"commit {commit[:12]} has no content checksum")
 
     def read_file(self, commit: str, path: str) -> str:
         """The text of ``path`` inside ``commit``."""
@@ -180,6 +230,38 @@ class Repo:
             ):
                 return name
         raise UserError(f"commit {commit[:12]} has no kernel in /usr/lib/modules/*/vmlinuz")
+
+
+class _ReadOnlyHandler(http.server.SimpleHTTPRequestHandler):
+    """GET and HEAD of files only: no directory listings, no uploads, no logging to stderr."""
+
+    def list_directory(self, path: str | Path) -> None:  # type: ignore[override]
+        self.send_error(404)
+        return None
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(repo: Repo) -> Iterator[int]:
+    """Serve ``repo`` read-only over HTTP on 127.0.0.1 for the length of a ``with`` block.
+
+    Yields the port.  Guests reach it only through their QEMU guest forward; nothing else
+    is listening beyond loopback.  Only GET and HEAD exist (the stdlib handler has no
+    write methods), and directory listings are refused.
+    """
+    repo.check()
+    handler = functools.partial(_ReadOnlyHandler, directory=str(repo.path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="treegate-repo-server", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _parse_string_metadata(raw: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -28,17 +29,27 @@ from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.machine.base import MachineConfig
-from harness.retry import retry
 from harness.run import run
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: QEMU gets SIGKILL when the harness dies.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setsid()  # a Ctrl-C at the terminal goes to the harness, which then stops QEMU itself
+_QMP_FD = 3
+"""The descriptor number QEMU finds its end of the QMP socketpair at."""
+
+
+def _child_setup(qmp_fd: int) -> Callable[[], None]:
+    def setup() -> None:
+        # Runs in the child between fork and exec: QEMU gets SIGKILL when the harness dies,
+        # and a Ctrl-C at the terminal goes to the harness alone, which stops QEMU itself.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        if qmp_fd != _QMP_FD:
+            os.dup2(qmp_fd, _QMP_FD)
+            os.set_inheritable(_QMP_FD, True)
+
+    return setup
 
 
 def free_port() -> int:
@@ -58,10 +69,10 @@ class QemuVM:
         self.workdir = config.workdir
         self.console_log = self.workdir / "console.log"
         self.overlay = self.workdir / "overlay.qcow2"
-        self.qmp_path = self.workdir / "qmp.sock"
         self.ssh_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp_sock: socket.socket | None = None
         self._stderr_path = self.workdir / "qemu.stderr"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -158,41 +169,43 @@ class QemuVM:
             f"file,id=serial0,path={self.console_log}",
             "-serial",
             "chardev:serial0",
-            "-qmp",
-            f"unix:{self.qmp_path},server=on,wait=off",
+            # QMP over an inherited socketpair: no socket path (paths are limited to 108
+            # bytes, and a deep work directory would exceed it), nothing to clean up.
+            "-chardev",
+            f"socket,id=qmp,fd={_QMP_FD}",
+            "-mon",
+            "chardev=qmp,mode=control",
         ]
 
     def _spawn(self) -> None:
-        self.qmp_path.unlink(missing_ok=True)
+        if self._qmp_sock is not None:
+            self._qmp_sock.close()
+        ours, theirs = socket.socketpair()
+        self._qmp_sock = ours
         with open(self._stderr_path, "wb") as err:
             self._proc = subprocess.Popen(
                 self.qemu_argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                preexec_fn=_die_with_parent,
-                close_fds=True,
+                preexec_fn=_child_setup(theirs.fileno()),
+                pass_fds=tuple({_QMP_FD, theirs.fileno()}),
             )
+        theirs.close()
 
     def _wait_for_qmp(self) -> bool:
-        def ready(_last: bool) -> bool:
-            if self._proc is None or self._proc.poll() is not None:
-                raise _Exited()
-            return self.qmp_path.exists()
-
+        """Connect to QMP; False when QEMU exited instead (its stderr says why)."""
+        assert self._qmp_sock is not None
+        qmp = QEMUMonitorProtocol(self._qmp_sock)
         try:
-            retry(
-                ready,
-                30,
-                interval=0.02,
-                max_interval=0.1,
-                what="QEMU's QMP socket",
-                on_timeout=InfraError,
-            )
-        except _Exited:
+            qmp.connect()
+        except Exception:  # any failure here means QEMU went away
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    raise InfraError("QEMU neither answered QMP nor exited") from None
             return False
-        qmp = QEMUMonitorProtocol(str(self.qmp_path))
-        qmp.connect()
         self._qmp = qmp
         return True
 
@@ -251,10 +264,6 @@ class QemuVM:
                     self._proc.wait()
             self._proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class _Exited(Exception):
-    """QEMU exited while the harness waited for it."""
 
 
 def reap_stale(machines_dir: Path) -> list[str]:

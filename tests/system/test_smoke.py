@@ -1,4 +1,7 @@
-"""smoke: the candidate boots through its real bootloader and is a healthy OSTree system."""
+"""smoke: the candidate boots through its real bootloader and is a healthy OSTree system.
+
+The first three tests only look, so they share one booted machine; the reboot test has its own.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,28 @@ from harness.repo import Commit
 pytestmark = pytest.mark.vm
 
 
-def test_boots_the_candidate(machine: Guest, candidate: Commit) -> None:
+def test_boots_the_candidate(shared_machine: Guest, candidate: Commit) -> None:
     """The bootloader booted the candidate's deployment, and it is the only one."""
-    assert machine.booted_commit() == candidate.checksum
-    deployments = machine.deployments()
+    assert shared_machine.booted_commit() == candidate.checksum
+    deployments = shared_machine.deployments()
     assert [d.checksum for d in deployments] == [candidate.checksum]
-    machine.succeed("grep -q ' ostree=/ostree/boot' /proc/cmdline")
+    shared_machine.succeed("grep -q ' ostree=/ostree/boot' /proc/cmdline")
 
 
-def test_system_is_running(machine: Guest) -> None:
+def test_system_is_running(shared_machine: Guest) -> None:
     """systemd finished booting and no unit failed."""
-    state = machine.execute("systemctl is-system-running --wait", timeout=120)[1].strip()
-    failed = machine.succeed("systemctl --failed --no-legend --plain")
+    state = shared_machine.execute("systemctl is-system-running --wait", timeout=120)[1].strip()
+    failed = shared_machine.succeed("systemctl --failed --no-legend --plain")
     assert state == "running", f"system is {state}; failed units:\n{failed}"
 
 
-def test_usr_is_read_only_and_state_is_writable(machine: Guest) -> None:
+def test_usr_is_read_only_and_state_is_writable(shared_machine: Guest) -> None:
     """/usr is the immutable tree; /etc and /var belong to the machine."""
-    out = machine.fail("touch /usr/treegate-probe")
+    out = shared_machine.fail("touch /usr/treegate-probe")
     assert "Read-only file system" in out
-    machine.succeed("touch /etc/treegate-probe /var/treegate-probe")
+    shared_machine.succeed(
+        "touch /etc/treegate-probe /var/treegate-probe && rm /etc/treegate-probe /var/treegate-probe"
+    )
 
 
 def test_reboot_changes_boot_id(machine: Guest, candidate: Commit) -> None:

@@ -1,0 +1,117 @@
+"""``treegate demo``: the main job on the fixture trees, end to end.
+
+Composes the fixture trees into a work directory's repository and gates them in the order a
+build server would see them, checking each verdict against the expected one:
+
+1. minimal v1, the first commit of its stream: promoted (smoke, rebase);
+2. minimal v2: promoted after upgrading v1 to it and rolling back (smoke, upgrade, rollback,
+   rebase);
+3. the docker tree: promoted (smoke, docker, rebase);
+4. a broken candidate for the minimal stream (its init exits): rejected as *failed*, and the
+   tested ref is left where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.arch import Arch, get_arch
+from harness.compose import compose
+from harness.definition import load_definition
+from harness.gate import GateConfig, Verdict, run_gate, verdict_table
+from harness.repo import Repo
+from harness.state import State
+
+TREES = Path(__file__).resolve().parent.parent / "fixtures" / "trees"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One gate of the demo and the verdict it must reach."""
+
+    compose: str
+    candidate: str
+    tested: str
+    rebase: str
+    expected: str
+
+
+def steps(arch: str) -> list[Step]:
+    """The demo's gates, in order."""
+    minimal = f"treegate/bookworm/{arch}/minimal"
+    docker = f"treegate/bookworm/{arch}/docker"
+    return [
+        Step("minimal", minimal, f"{minimal}-tested", docker, "promoted"),
+        Step("minimal-v2", minimal, f"{minimal}-tested", docker, "promoted"),
+        Step("docker", docker, f"{docker}-tested", minimal, "promoted"),
+        Step(
+            "broken-init",
+            f"treegate/bookworm/{arch}/broken-init",
+            f"{minimal}-tested",
+            docker,
+            "rejected",
+        ),
+    ]
+
+
+def run_demo(
+    workdir: Path, state: State, arch: str = "x86_64", json_out: Path | None = None
+) -> int:
+    """Run the demo; 0 when every verdict is the expected one."""
+    repo = Repo(workdir / "repo")
+    repo.init()
+    a = get_arch(arch)
+    print(f"treegate demo: repository {repo.path}", file=sys.stderr)
+    # The rebase target of the first gates must exist before them.
+    for name in ("docker", "minimal"):
+        _compose(name, a, repo, state)
+    rows: list[tuple[Step, Verdict, bool]] = []
+    for step in steps(arch):
+        _compose(step.compose, a, repo, state)
+        before = repo.try_resolve(step.tested)
+        print(
+            f"\n== gating {step.compose}: {step.candidate} → {step.tested} (expect {step.expected})",
+            file=sys.stderr,
+        )
+        verdict = run_gate(
+            GateConfig(
+                repo=repo.path,
+                candidate_ref=step.candidate,
+                tested_ref=step.tested,
+                arches=(arch,),
+                rebase_ref=step.rebase,
+                state_dir=state.root,
+            )
+        )
+        print(verdict_table(verdict), file=sys.stderr)
+        ok = verdict.decision == step.expected
+        if step.expected == "rejected":
+            after = repo.try_resolve(step.tested)
+            untouched = (before.checksum if before else None) == (after.checksum if after else None)
+            only_failed = any(r.outcome == "failed" for r in verdict.results) and not any(
+                r.outcome == "error" for r in verdict.results
+            )
+            ok = ok and untouched and only_failed
+        rows.append((step, verdict, ok))
+    print("\ntreegate demo verdicts:")
+    print(f"  {'tree':12} {'decision':9} {'expected':9} {'ok':3} reason")
+    for step, verdict, ok in rows:
+        print(
+            f"  {step.compose:12} {verdict.decision:9} {step.expected:9} {'yes' if ok else 'NO':3} {verdict.reason}"
+        )
+    print(f"logs: {state.runs}")
+    if json_out is not None:
+        json_out.write_text(json.dumps([v.to_json() for _, v, _ in rows], indent=1))
+        print(f"verdicts: {json_out}")
+    return 0 if all(ok for _, _, ok in rows) else 1
+
+
+def _compose(name: str, arch: Arch, repo: Repo, state: State) -> None:
+    definition = load_definition(TREES / f"{name}.toml")
+    print(f"composing {name} for {arch.name} …", file=sys.stderr)
+    result = compose(definition, arch, repo, workdir=state.tmp)
+    how = "cached" if result.cached else f"{result.seconds:.0f} s"
+    print(f"  {result.ref} {result.commit[:12]} ({how})", file=sys.stderr)

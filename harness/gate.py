@@ -1,0 +1,466 @@
+"""The gate: run the required suites on every required arch, decide, and promote only on a clean pass.
+
+Three outcomes are kept apart from pytest all the way to the decision:
+
+* **failed** -- a test showed the tree is bad: the candidate is *rejected* (exit 1);
+* **error** -- the harness or host broke (QEMU died, a timeout of the infrastructure, pytest
+  could not run): the gate ends in *error* (exit 3) and never promotes;
+* **skipped** -- a test did not apply (no baseline yet, no Docker in the tree).  A *required*
+  suite that ends with nothing but skips rejects the candidate: the tree lost what it had.
+
+Only when every required suite passed on every arch is the tested ref moved, by one promotion
+commit per arch that carries the candidate's exact tree and, in its metadata, the candidate
+checksum, arches, suites and outcomes.
+
+Refs for several arches: ``--ref`` and ``--promote-to`` may contain ``{arch}``, expanded per
+arch (``treegate/bookworm/{arch}/minimal``); without it the same ref is used for every arch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.arch import get_arch
+from harness.errors import UserError
+from harness.repo import Commit, Repo
+from harness.state import State
+from harness.store import ResultRow, Store
+from harness.suites import SUITES, SUITES_DIR, Suite, get_suite
+
+PROJECT_ROOT = SUITES_DIR.parent.parent
+EXIT = {"promoted": 0, "rejected": 1, "error": 3, "interrupted": 130}
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Everything one gate run needs, from the command line or a config file."""
+
+    repo: Path
+    candidate_ref: str
+    tested_ref: str
+    arches: tuple[str, ...] = ("x86_64",)
+    suites: tuple[str, ...] = ()
+    """Required suites; empty means every suite that applied to the baseline."""
+    rebase_ref: str | None = None
+    state_dir: Path | None = None
+    workers: int = 1
+    layout: str | None = None
+    accel: str | None = None
+    wait_for_lock: bool = True
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One test's outcome on one arch, with the command that reproduces it."""
+
+    nodeid: str
+    arch: str
+    outcome: str
+    duration: float
+    message: str = ""
+    reproduce: str = ""
+
+    @property
+    def suite(self) -> str:
+        name = self.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        return name.removeprefix("test_").removesuffix(".py")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision and everything that led to it."""
+
+    decision: str
+    reason: str
+    repo: str
+    candidate_ref: str
+    tested_ref: str
+    candidate: str
+    promotion_commit: str | None
+    arches: tuple[str, ...]
+    suites: tuple[str, ...]
+    results: tuple[CaseResult, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+    run_id: int = 0
+    artifacts: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.decision]
+
+    def to_json(self) -> dict[str, object]:
+        """The verdict as ``--json`` writes it."""
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "repo": self.repo,
+            "candidate_ref": self.candidate_ref,
+            "tested_ref": self.tested_ref,
+            "candidate": self.candidate,
+            "promotion_commit": self.promotion_commit,
+            "arches": list(self.arches),
+            "suites": list(self.suites),
+            "notes": list(self.notes),
+            "artifacts": self.artifacts,
+            "results": [
+                {
+                    "nodeid": r.nodeid,
+                    "arch": r.arch,
+                    "outcome": r.outcome,
+                    "duration": r.duration,
+                    "message": r.message,
+                    "reproduce": r.reproduce,
+                }
+                for r in self.results
+            ],
+        }
+
+
+def decide(
+    results: Sequence[CaseResult], required: Sequence[str], arches: Sequence[str]
+) -> tuple[str, str]:
+    """The decision (promoted / rejected / error) for ``results``, with its one-line reason.
+
+    A failure anywhere rejects (the tree is proven bad); otherwise an error anywhere, or a
+    required suite with no result on an arch, is an error (nothing is proven); otherwise a
+    required suite that only skipped rejects; otherwise the candidate is promoted.
+    """
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        names = ", ".join(f"{r.nodeid} ({r.arch})" for r in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        return "rejected", f"{len(failed)} test(s) failed: {names}{more}"
+    broken = [r for r in results if r.outcome not in ("passed", "skipped", "failed")]
+    if broken:
+        first = broken[0]
+        return (
+            "error",
+            f"{len(broken)} test(s) ended in {first.outcome}: {first.nodeid} ({first.arch}): {first.message}",
+        )
+    for arch in arches:
+        for suite in required:
+            mine = [r for r in results if r.arch == arch and r.suite == suite]
+            if not mine:
+                return "error", f"required suite {suite} produced no results on {arch}"
+            if not any(r.outcome == "passed" for r in mine):
+                why = mine[0].message or "skipped"
+                return "rejected", f"required suite {suite} was skipped on {arch}: {why}"
+    if not results:
+        return "error", "no test ran"
+    return "promoted", f"{len(results)} test(s) on {', '.join(arches)}: every required suite passed"
+
+
+def required_suites(
+    config: GateConfig, repo: Repo, baseline: Commit | None, candidate: Commit
+) -> tuple[list[Suite], list[str]]:
+    """The suites the gate requires, and notes on what it left out and why."""
+    notes: list[str] = []
+    if config.suites:
+        chosen = [get_suite(name) for name in config.suites]
+    else:
+        reference = baseline or candidate
+        chosen = [s for s in SUITES.values() if s.applies_to(repo, reference)]
+        left = [s.name for s in SUITES.values() if s not in chosen]
+        if left:
+            notes.append(
+                f"not required ({'baseline' if baseline else 'candidate'} lacks their feature): "
+                + ", ".join(left)
+            )
+    if baseline is None:
+        dropped = [s.name for s in chosen if s.needs_baseline]
+        if dropped:
+            notes.append(
+                f"first commit of the stream (no tested ref yet): gated without {', '.join(dropped)}"
+            )
+        chosen = [s for s in chosen if not s.needs_baseline]
+    if config.rebase_ref is None:
+        dropped = [s.name for s in chosen if s.needs_rebase_ref]
+        if dropped:
+            notes.append(f"no --rebase-ref: gated without {', '.join(dropped)}")
+        chosen = [s for s in chosen if not s.needs_rebase_ref]
+    return chosen, notes
+
+
+def expand(ref: str, arch: str) -> str:
+    """``ref`` with ``{arch}`` replaced."""
+    return ref.replace("{arch}", arch)
+
+
+@contextlib.contextmanager
+def gate_lock(state: State, repo: Repo, tested_ref: str, wait: bool) -> Iterator[None]:
+    """Hold the lock of ``tested_ref`` in ``repo``: one gate at a time may move it."""
+    key = hashlib.sha256(f"{repo.path}\0{tested_ref}".encode()).hexdigest()[:16]
+    locks = state.root / "locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{key}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise UserError(
+                    f"another gate is running on {tested_ref}", hint="try again later"
+                ) from None
+            print(f"waiting for another gate on {tested_ref} …", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_gate(config: GateConfig) -> Verdict:
+    """Gate the candidate: run, decide, promote on a clean pass, record, and return the verdict."""
+    state = State.at(config.state_dir)
+    repo = Repo(config.repo)
+    repo.check()
+    for arch in config.arches:
+        get_arch(arch)
+    for name in config.suites:
+        get_suite(name)
+    if len(config.arches) > 1 and "{arch}" not in config.candidate_ref:
+        raise UserError(
+            "gating several arches needs per-arch refs", hint="put {arch} in --ref and --promote-to"
+        )
+    candidates = {a: repo.resolve(expand(config.candidate_ref, a)) for a in config.arches}
+    for arch, commit in candidates.items():
+        built_for = commit.metadata.get("treegate.arch")
+        if built_for and built_for != arch:
+            raise UserError(
+                f"{expand(config.candidate_ref, arch)} is a {built_for} commit, not {arch}"
+            )
+    if config.rebase_ref is not None:
+        for arch in config.arches:
+            repo.resolve(expand(config.rebase_ref, arch))
+    first_arch = config.arches[0]
+    tested_refs = {a: expand(config.tested_ref, a) for a in config.arches}
+    with gate_lock(state, repo, config.tested_ref, config.wait_for_lock):
+        baselines = {a: repo.try_resolve(tested_refs[a]) for a in config.arches}
+        suites, notes = required_suites(config, repo, baselines[first_arch], candidates[first_arch])
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        store = Store(state.root / "treegate.db")
+        run_dir = state.runs / f"gate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        run_id = store.start_run(
+            kind="gate",
+            repo=str(repo.path),
+            candidate_ref=config.candidate_ref,
+            tested_ref=config.tested_ref,
+            candidate=candidates[first_arch].checksum,
+            baseline=_checksum(baselines[first_arch]),
+            arches=config.arches,
+            suites=[s.name for s in suites],
+            artifacts=str(run_dir),
+        )
+        results: list[CaseResult] = []
+        promotion: str | None = None
+        decision, reason = "interrupted", "interrupted"
+        try:
+            if not suites:
+                decision, reason = "error", "no suite applies to this candidate"
+            else:
+                for arch in config.arches:
+                    results += _run_suites(
+                        config,
+                        state,
+                        repo,
+                        arch,
+                        candidates[arch],
+                        baselines[arch],
+                        suites,
+                        run_dir / arch,
+                    )
+                decision, reason = decide(results, [s.name for s in suites], config.arches)
+            if decision == "promoted":
+                promotion = _promote(repo, config, candidates, tested_refs, suites, results)
+        finally:
+            store.finish_run(
+                run_id,
+                decision=decision,
+                reason=reason,
+                promotion_commit=promotion,
+                results=[
+                    ResultRow(
+                        r.nodeid, r.arch, r.suite, r.outcome, r.duration, r.message, r.reproduce
+                    )
+                    for r in results
+                ],
+            )
+    return Verdict(
+        decision=decision,
+        reason=reason,
+        repo=str(repo.path),
+        candidate_ref=config.candidate_ref,
+        tested_ref=config.tested_ref,
+        candidate=candidates[first_arch].checksum,
+        promotion_commit=promotion,
+        arches=config.arches,
+        suites=tuple(s.name for s in suites),
+        results=tuple(results),
+        notes=tuple(notes),
+        run_id=run_id,
+        artifacts=str(run_dir),
+    )
+
+
+def _promote(
+    repo: Repo,
+    config: GateConfig,
+    candidates: dict[str, Commit],
+    tested_refs: dict[str, str],
+    suites: Sequence[Suite],
+    results: Sequence[CaseResult],
+) -> str:
+    last = ""
+    for arch in config.arches:
+        candidate = candidates[arch]
+        outcomes = {r.nodeid: r.outcome for r in results if r.arch == arch}
+        last = repo.promote(
+            candidate,
+            tested_refs[arch],
+            subject=f"Promote {candidate.short} ({candidate.version or 'no version'}) from "
+            f"{expand(config.candidate_ref, arch)}",
+            metadata={
+                "treegate.candidate": candidate.checksum,
+                "treegate.candidate-ref": expand(config.candidate_ref, arch),
+                "treegate.arches": ",".join(config.arches),
+                "treegate.suites": ",".join(s.name for s in suites),
+                "treegate.outcomes": json.dumps(outcomes, sort_keys=True),
+            },
+        )
+    return last
+
+
+def _run_suites(
+    config: GateConfig,
+    state: State,
+    repo: Repo,
+    arch: str,
+    candidate: Commit,
+    baseline: Commit | None,
+    suites: Sequence[Suite],
+    run_dir: Path,
+) -> list[CaseResult]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results_file = run_dir / "results.json"
+    target_args = [
+        "--repo",
+        str(repo.path),
+        "--commit",
+        candidate.checksum,
+        "--origin-ref",
+        expand(config.candidate_ref, arch),
+        "--arch",
+        arch,
+    ]
+    if baseline is not None:
+        target_args += ["--baseline", baseline.checksum]
+    if config.rebase_ref is not None:
+        target_args += ["--rebase-ref", expand(config.rebase_ref, arch)]
+    if config.layout:
+        target_args += ["--layout", config.layout]
+    if config.accel:
+        target_args += ["--accel", config.accel]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *[str(s.path.relative_to(PROJECT_ROOT)) for s in suites],
+        *target_args,
+        "--state-dir",
+        str(state.root),
+        "--treegate-results",
+        str(results_file),
+        f"--junitxml={run_dir / 'junit.xml'}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfE",
+    ]
+    if config.workers > 1:
+        argv += ["-n", str(config.workers), "--dist", "loadfile"]
+    env = {**os.environ, "TREEGATE_RUN_ID": str(run_dir.relative_to(state.runs))}
+    code = _run_pytest(argv, env)
+    try:
+        raw = json.loads(results_file.read_text())
+    except (OSError, ValueError):
+        return [
+            CaseResult(
+                nodeid=f"pytest ({', '.join(s.name for s in suites)})",
+                arch=arch,
+                outcome="error",
+                duration=0.0,
+                message=f"pytest exited {code} without results",
+            )
+        ]
+    out = []
+    for r in raw:
+        reproduce = ""
+        if r["outcome"] in ("failed", "error"):
+            reproduce = shlex.join(["pytest", r["nodeid"], *target_args])
+        out.append(
+            CaseResult(
+                nodeid=r["nodeid"],
+                arch=arch,
+                outcome=r["outcome"],
+                duration=r["duration"],
+                message=r["message"],
+                reproduce=reproduce,
+            )
+        )
+    return out
+
+
+def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
+    """Run pytest in its own process group; on Ctrl-C or SIGTERM, stop it and its VMs cleanly."""
+    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        # pytest turns SIGINT into KeyboardInterrupt: fixtures destroy their machines.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+
+
+def verdict_table(verdict: Verdict) -> str:
+    """The verdict as the lines ``treegate gate`` prints."""
+    lines = [
+        f"{verdict.decision.upper()}: {verdict.candidate_ref} {verdict.candidate[:12]} → {verdict.tested_ref}",
+        f"  {verdict.reason}",
+    ]
+    lines += [f"  note: {n}" for n in verdict.notes]
+    for r in verdict.results:
+        lines.append(f"  {r.outcome:8} {r.duration:6.1f}s  {r.arch:7} {r.nodeid}")
+        if r.outcome in ("failed", "error") and r.message:
+            lines.append(f"           {r.message[:200]}")
+    for r in verdict.results:
+        if r.reproduce:
+            lines.append(f"  reproduce: {r.reproduce}")
+    if verdict.promotion_commit:
+        lines.append(f"  promotion commit: {verdict.promotion_commit}")
+    lines.append(f"  logs: {verdict.artifacts}")
+    return "\n".join(lines)
+
+
+def _checksum(commit: Commit | None) -> str | None:
+    return commit.checksum if commit is not None else None

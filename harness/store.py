@@ -1,0 +1,164 @@
+"""The store: every gate run and test result, in an embedded SQLite database.
+
+It is what ``treegate`` reads back for reports, flake statistics and bisect.  A run is
+written as *running* when it starts and completed when it ends, so an interrupted gate
+leaves a run marked *interrupted*, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    repo TEXT NOT NULL,
+    candidate_ref TEXT,
+    tested_ref TEXT,
+    candidate TEXT NOT NULL,
+    baseline TEXT,
+    arches TEXT NOT NULL,
+    suites TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT,
+    promotion_commit TEXT,
+    artifacts TEXT
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    nodeid TEXT NOT NULL,
+    arch TEXT,
+    suite TEXT,
+    outcome TEXT NOT NULL,
+    duration REAL,
+    message TEXT,
+    reproduce TEXT
+);
+CREATE INDEX IF NOT EXISTS results_by_node ON results(nodeid, arch);
+"""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One test's outcome in one run."""
+
+    nodeid: str
+    arch: str | None
+    suite: str | None
+    outcome: str
+    duration: float
+    message: str
+    reproduce: str
+
+
+class Store:
+    """An SQLite store at ``path`` (created on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            yield db
+            db.commit()
+        finally:
+            db.close()
+
+    def start_run(
+        self,
+        *,
+        kind: str,
+        repo: str,
+        candidate_ref: str | None,
+        tested_ref: str | None,
+        candidate: str,
+        baseline: str | None,
+        arches: Sequence[str],
+        suites: Sequence[str],
+        artifacts: str,
+    ) -> int:
+        """Record a run that has started; returns its id."""
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO runs (kind, started, repo, candidate_ref, tested_ref, candidate, baseline,"
+                " arches, suites, decision, artifacts) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    kind,
+                    time.time(),
+                    repo,
+                    candidate_ref,
+                    tested_ref,
+                    candidate,
+                    baseline,
+                    json.dumps(list(arches)),
+                    json.dumps(list(suites)),
+                    "running",
+                    artifacts,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        decision: str,
+        reason: str,
+        promotion_commit: str | None,
+        results: Sequence[ResultRow],
+    ) -> None:
+        """Record the outcome of a run and its results, in one transaction."""
+        with self._db() as db:
+            db.execute(
+                "UPDATE runs SET finished=?, decision=?, reason=?, promotion_commit=? WHERE id=?",
+                (time.time(), decision, reason, promotion_commit, run_id),
+            )
+            db.executemany(
+                "INSERT INTO results (run_id, nodeid, arch, suite, outcome, duration, message, reproduce)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        run_id,
+                        r.nodeid,
+                        r.arch,
+                        r.suite,
+                        r.outcome,
+                        r.duration,
+                        r.message,
+                        r.reproduce,
+                    )
+                    for r in results
+                ],
+            )
+
+    def runs(self, limit: int = 20) -> list[dict[str, object]]:
+        """The most recent runs, newest first."""
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return [dict(r) for r in rows]
+
+    def results(self, run_id: int) -> list[ResultRow]:
+        """The results recorded for one run."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT nodeid, arch, suite, outcome, duration, message, reproduce FROM results"
+                " WHERE run_id=? ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+            return [ResultRow(*r) for r in rows]

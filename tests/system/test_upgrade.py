@@ -1,0 +1,41 @@
+"""upgrade: the last good commit upgrades to the candidate over ostree, keeping local state.
+
+The baseline boots, gets a local edit in /etc and data in /var, pulls the candidate from the
+harness's repo server with ``ostree admin upgrade``, and reboots through its bootloader.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.guest import Guest
+from harness.repo import Commit
+
+pytestmark = pytest.mark.vm
+
+
+def test_upgrade_boots_candidate_and_keeps_local_state(
+    baseline_machine: Guest, baseline: Commit, candidate: Commit
+) -> None:
+    m = baseline_machine
+    assert m.booted_commit() == baseline.checksum
+    m.succeed("echo 'treegate local edit' >> /etc/issue")
+    m.succeed("echo kept > /etc/treegate-local.conf")
+    m.succeed("mkdir -p /var/lib/treegate && echo data > /var/lib/treegate/data")
+
+    pending = m.upgrade(to=candidate.checksum)
+    assert pending.checksum == candidate.checksum
+    m.reboot()
+
+    assert m.booted_commit() == candidate.checksum
+    # The three-way merge kept the local edits...
+    assert "treegate local edit" in m.succeed("cat /etc/issue")
+    assert m.succeed("cat /etc/treegate-local.conf").strip() == "kept"
+    # ...and took the candidate's version of every config file left alone.
+    m.succeed(
+        "test ! -e /usr/etc/treegate-release || cmp /usr/etc/treegate-release /etc/treegate-release"
+    )
+    assert m.succeed("cat /var/lib/treegate/data").strip() == "data"
+    deployments = m.deployments()
+    assert [d.checksum for d in deployments] == [candidate.checksum, baseline.checksum]
+    assert deployments[0].booted
