@@ -48,6 +48,8 @@ class Target:
     force_accel: str | None = None
     repo_port: int | None = None
     memory_mib: int = 1024
+    keep_vm: bool = False
+    """Machines may be left running after the harness ends (``--keep-vm``)."""
 
     @classmethod
     def create(
@@ -60,6 +62,7 @@ class Target:
         images_dir: Path | None = None,
         force_accel: str | None = None,
         repo_port: int | None = None,
+        keep_vm: bool = False,
     ) -> Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
@@ -75,6 +78,7 @@ class Target:
             client_key=ensure_client_key(state.key),
             force_accel=force_accel,
             repo_port=repo_port,
+            keep_vm=keep_vm,
         )
 
 
@@ -144,6 +148,7 @@ def booted(
         memory_mib=target.memory_mib,
         smp=target.arch.smp,
         repo_port=target.repo_port,
+        keepable=target.keep_vm,
     )
     vm = QemuVM(image.path, config)
     # Emulated guests get the arch's slack; under KVM, guest work runs at native speed.

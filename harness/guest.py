@@ -72,6 +72,7 @@ class Guest:
         self.boot_timeout = boot_timeout * timeout_scale
         self._pkey = paramiko.Ed25519Key.from_private_key_file(str(client_key))
         self._host_key = paramiko.Ed25519Key(data=_b64(host_key.split()[1]))
+        self.host_key_line = host_key
         self._client: paramiko.SSHClient | None = None
         self.boot_count = 0
 

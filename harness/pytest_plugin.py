@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from harness.arch import ARCHES, get_arch
 from harness.boot import PROJECT_ROOT, Target, booted, image_for
 from harness.compose import compose
 from harness.definition import load_definition
-from harness.errors import InfraError, TreeFailure, TreegateError, UserError
+from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError, UserError
 from harness.guest import Guest
 from harness.image import Image
 from harness.repo import Commit, Repo, serve
@@ -55,6 +56,7 @@ from harness.suites import FEATURES, has_feature
 FIXTURE_TREES = PROJECT_ROOT / "fixtures" / "trees"
 DEFAULT_CANDIDATE = "minimal-v2"
 DEFAULT_BASELINE = "minimal"
+DEFAULT_TEST_TIMEOUT = 900.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,6 +84,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="tg_origin_ref",
         metavar="REF",
         help="the ref machines follow (their deployment's origin); default: --commit when it is a ref",
+    )
+    g.addoption(
+        "--keep-vm",
+        dest="tg_keep_vm",
+        action="store_true",
+        help="leave the machine of a failed test running, and print how to treegate ssh into it",
+    )
+    g.addoption(
+        "--backend",
+        dest="tg_backend",
+        default="qemu",
+        choices=["qemu"],
+        help="how machines run: qemu (a QEMU process driven over QMP; the default)",
     )
     g.addoption(
         "--rebase-ref",
@@ -113,6 +128,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        f"timeout(seconds): bound the test's body (default {DEFAULT_TEST_TIMEOUT:.0f} s), "
+        "scaled by the arch's timeout scale under emulation; a test past it fails",
+    )
+    config.addinivalue_line(
+        "markers",
         "needs(feature): the test needs a tree with FEATURE (e.g. 'docker'): skipped with a reason "
         "when the candidate has none; run on the fixture tree that has it when composing",
     )
@@ -128,6 +148,7 @@ class PluginOptions:
     baseline: str | None
     rebase_ref: str | None
     origin_ref: str | None
+    keep_vm: bool
     arches: tuple[str, ...]
     layout: str | None
     accel: str | None
@@ -141,6 +162,7 @@ class PluginOptions:
             baseline=config.getoption("tg_baseline"),
             rebase_ref=config.getoption("tg_rebase_ref"),
             origin_ref=config.getoption("tg_origin_ref"),
+            keep_vm=config.getoption("tg_keep_vm"),
             arches=tuple(config.getoption("tg_arch") or ["x86_64"]),
             layout=config.getoption("tg_layout"),
             accel=config.getoption("tg_accel"),
@@ -172,6 +194,7 @@ class Harness:
                 layout=self.options.layout,
                 force_accel=self.options.accel,
                 repo_port=self.repo_port,
+                keep_vm=self.options.keep_vm,
             )
         return self._targets[arch]
 
@@ -369,10 +392,46 @@ def _booted_for_test(
                 guest.journal(harness.run_dir / name / "journal.txt")
             with contextlib.suppress(TreegateError):
                 guest.screenshot(harness.run_dir / name / "screen.png")
+            if harness.options.keep_vm:
+                _keep(guest, request)
+
+
+def _keep(guest: Guest, request: pytest.FixtureRequest) -> None:
+    vm = guest.vm
+    guest.close()
+    (vm.workdir / "hostkey.pub").write_text(guest.host_key_line + "\n")
+    vm.detach()
+    pid = json.loads((vm.workdir / "machine.json").read_text())["pid"]
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"\nkept {vm.name} running: treegate ssh {vm.name}   (stop it: kill {pid})", yellow=True
+        )
 
 
 def _machine_name(nodeid: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in nodeid.split("::", 1)[-1])[:60]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Bound each test's body by its ``timeout`` marker, scaled for emulated arches."""
+    marker = item.get_closest_marker("timeout")
+    seconds = float(marker.args[0]) if marker else DEFAULT_TEST_TIMEOUT
+    callspec = getattr(item, "callspec", None)
+    arch = callspec.params.get("arch") if callspec is not None else None
+    limit = seconds * (ARCHES[arch].timeout_scale if arch in ARCHES else 1.0)
+
+    def expired(signum: int, frame: object) -> None:
+        raise GuestTimeout(f"{item.name} did not finish within its {limit:.0f} s timeout")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -387,6 +446,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # The harness or host broke under the test: error, never failed.
         report.when = "setup"
     setattr(item, f"rep_{call.when}", report)
+    if exc is not None:
+        # One line that says what went wrong, for the gate's verdict and the store.
+        text = str(exc).strip() or type(exc).__name__
+        item.user_properties.append(
+            ("treegate_message", f"{type(exc).__name__}: {text.splitlines()[0]}")
+        )
     if exc is not None and isinstance(exc, TreegateError):
         report.longrepr = _short_repr(report, exc)
 
@@ -432,7 +497,9 @@ def _outcome_of(item: pytest.Item) -> tuple[str, float, str]:
             return "skipped", duration, str(reason)
         if r.failed:
             kind = "failed" if r.when == "call" else "error"
-            return kind, duration, str(r.longrepr).strip().splitlines()[-1] if r.longrepr else ""
+            messages = [v for k, v in item.user_properties if k == "treegate_message"]
+            fallback = str(r.longrepr).strip().splitlines()[-1] if r.longrepr else ""
+            return kind, duration, str(messages[0]) if messages else fallback
     if reports[1] is None:
         return "not run", duration, ""
     return "passed", duration, ""

@@ -2,7 +2,7 @@
 pytest plugin read.
 
 A suite is one module under ``tests/system/``.  Whether it applies to a commit is decided by
-looking into the commit (does it have ``/usr/bin/dockerd``?) and at the run (is there a
+looking into the commit (does it have ``/usr/sbin/dockerd``?) and at the run (is there a
 baseline to upgrade from, a tree to rebase to?), so a suite that does not apply is skipped
 with a reason, never failed and never silently passed.
 """
@@ -32,7 +32,7 @@ class Feature:
 
 
 FEATURES: dict[str, Feature] = {
-    "docker": Feature("docker", "/usr/bin/dockerd", fixture="docker-v2", fixture_baseline="docker"),
+    "docker": Feature("docker", "/usr/sbin/dockerd", fixture="docker-v2", fixture_baseline="docker"),
 }
 
 

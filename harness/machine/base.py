@@ -21,6 +21,8 @@ class MachineConfig:
     name: str = "treegate"
     memory_mib: int = 1024
     smp: int = 2
+    keepable: bool = False
+    """May outlive the harness (``--keep-vm``): QEMU then does not die with its parent."""
     repo_port: int | None = None
     """Host port of the harness's repo server on 127.0.0.1; the guest reaches it through a
     guest forward at :data:`harness.image.GUEST_REPO_URL` and has no other route out."""
@@ -49,6 +51,9 @@ class VM(Protocol):
 
     def kill(self) -> None:
         """Stop the VM at once (as a crash would), keeping its files."""
+
+    def detach(self) -> None:
+        """Leave the VM running when the harness ends (for ``--keep-vm``)."""
 
     def destroy(self) -> None:
         """Stop the VM if needed and remove everything it created.  Safe to call twice."""

@@ -38,12 +38,13 @@ _QMP_FD = 3
 """The descriptor number QEMU finds its end of the QMP socketpair at."""
 
 
-def _child_setup(qmp_fd: int) -> Callable[[], None]:
+def _child_setup(qmp_fd: int, die_with_parent: bool) -> Callable[[], None]:
     def setup() -> None:
         # Runs in the child between fork and exec: QEMU gets SIGKILL when the harness dies,
         # and a Ctrl-C at the terminal goes to the harness alone, which stops QEMU itself.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if die_with_parent:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
         if qmp_fd != _QMP_FD:
             os.dup2(qmp_fd, _QMP_FD)
@@ -73,6 +74,7 @@ class QemuVM:
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self._qmp_sock: socket.socket | None = None
+        self._detached = False
         self._stderr_path = self.workdir / "qemu.stderr"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -188,7 +190,7 @@ class QemuVM:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                preexec_fn=_child_setup(theirs.fileno()),
+                preexec_fn=_child_setup(theirs.fileno(), not self.config.keepable),
                 pass_fds=tuple({_QMP_FD, theirs.fileno()}),
             )
         theirs.close()
@@ -249,7 +251,22 @@ class QemuVM:
             self._proc.kill()
             self._proc.wait()
 
+    def detach(self) -> None:
+        """Leave the VM running after the harness ends (``--keep-vm``); :meth:`destroy` then
+        does nothing.  Its directory stays, marked *kept*, for ``treegate ssh``."""
+        meta = self.workdir / "machine.json"
+        data = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**data, "kept": True}))
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self._qmp.close()
+            self._qmp = None
+        self._proc = None
+        self._detached = True
+
     def destroy(self) -> None:
+        if self._detached:
+            return
         if self._qmp is not None:
             with contextlib.suppress(Exception):
                 self._qmp.close()
@@ -279,8 +296,10 @@ def reap_stale(machines_dir: Path) -> list[str]:
             owner = int(data["owner"])
         except (OSError, ValueError, KeyError):
             continue
-        if not _alive(owner):
-            pid = int(data.get("pid", 0))
+        pid = int(data.get("pid", 0))
+        if data.get("kept") and pid and _alive(pid):
+            continue  # left running on purpose (--keep-vm)
+        if not _alive(owner) or (data.get("kept") and not _alive(pid)):
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
             shutil.rmtree(meta.parent, ignore_errors=True)

@@ -1,6 +1,6 @@
 """smoke: the candidate boots through its real bootloader and is a healthy OSTree system.
 
-The first three tests only look, so they share one booted machine; the reboot test has its own.
+The tests share one booted machine (they leave it as they found it); the reboot comes last.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def test_usr_is_read_only_and_state_is_writable(shared_machine: Guest) -> None:
     )
 
 
-def test_reboot_changes_boot_id(machine: Guest, candidate: Commit) -> None:
+def test_reboot_changes_boot_id(shared_machine: Guest, candidate: Commit) -> None:
     """A reboot through systemd and the bootloader comes back as a new boot of the same commit."""
-    before = machine.boot_id()
-    machine.reboot()
-    assert machine.boot_id() != before
-    assert machine.booted_commit() == candidate.checksum
+    before = shared_machine.boot_id()
+    shared_machine.reboot()
+    assert shared_machine.boot_id() != before
+    assert shared_machine.booted_commit() == candidate.checksum

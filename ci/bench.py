@@ -1,0 +1,91 @@
+"""treegate's benchmark: medians of repeated runs, printed and written as flat JSON.
+
+Keys (seconds): image.cold, image.cached, x86_64.boot_to_ssh.  Run by ``ci/bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import log
+from harness.arch import get_arch
+from harness.boot import Target, booted, image_for
+from harness.compose import compose
+from harness.definition import load_definition
+from harness.image import build_image
+from harness.repo import Repo, serve
+from harness.state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    samples = [fn() for _ in range(runs)]
+    return statistics.median(samples), samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", help="write the medians as JSON here")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per figure (default 3)")
+    parser.add_argument("--state-dir", default=".treegate", help="state directory (caches are shared)")
+    args = parser.parse_args()
+    log.setup(0)
+    state = State.at(args.state_dir)
+    repo = Repo(state.root / "fixtures-repo")
+    repo.init()
+    arch = get_arch("x86_64")
+    result = compose(load_definition(ROOT / "fixtures/trees/minimal.toml"), arch, repo, workdir=state.tmp)
+    figures: dict[str, float] = {}
+    detail: dict[str, list[float]] = {}
+
+    with serve(repo) as port:
+        target = Target.create(state, repo, "x86_64", repo_port=port)
+        commit = repo.resolve(result.commit)
+
+        def cold() -> float:
+            with tempfile.TemporaryDirectory(dir=state.tmp) as cache:
+                start = time.monotonic()
+                build_image(repo, commit, ref=result.ref, arch=arch, layout=target.layout,
+                            client_key=target.client_key, cache_dir=Path(cache))
+                return time.monotonic() - start
+
+        figures["image.cold"], detail["image.cold"] = median_of(args.runs, cold)
+        image = image_for(target, result.commit, ref=result.ref)
+
+        def cached() -> float:
+            start = time.monotonic()
+            image_for(target, result.commit, ref=result.ref)
+            return time.monotonic() - start
+
+        figures["image.cached"], detail["image.cached"] = median_of(max(5, args.runs), cached)
+
+        def boot() -> float:
+            start = time.monotonic()
+            with booted(target, image, name="bench"):
+                return time.monotonic() - start
+
+        figures["x86_64.boot_to_ssh"], detail["x86_64.boot_to_ssh"] = median_of(args.runs, boot)
+
+    print(f"treegate benchmark on {platform.node()} ({platform.machine()}, "
+          f"{os.cpu_count()} cores), medians of {args.runs}+ runs:")
+    for key, value in figures.items():
+        samples = ", ".join(f"{s:.2f}" for s in detail[key])
+        print(f"  {key:24} {value:8.2f} s   ({samples})")
+    if args.out:
+        Path(args.out).write_text(json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=1) + "\n")
+        print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
