@@ -1,6 +1,8 @@
 """treegate's benchmark: medians of repeated runs, printed and written as flat JSON.
 
-Keys (seconds): image.cold, image.cached, x86_64.boot_to_ssh.  Run by ``ci/bench``.
+Keys (seconds): image.cold, image.cached, x86_64.boot_to_ssh (QEMU start through SeaBIOS,
+GRUB, kernel and systemd to SSH answering), x86_64.restore_to_ssh (QEMU start from the saved
+ready state to SSH answering, clock set).  Run by ``ci/bench``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ def main() -> int:
                 return time.monotonic() - start
 
         figures["x86_64.boot_to_ssh"], detail["x86_64.boot_to_ssh"] = median_of(args.runs, boot)
+
+        with booted(target, image, name="bench-snapshot", restore=True):
+            pass  # makes (or finds) the image's saved ready state
+
+        def restore() -> float:
+            start = time.monotonic()
+            with booted(target, image, name="bench", restore=True):
+                return time.monotonic() - start
+
+        figures["x86_64.restore_to_ssh"], detail["x86_64.restore_to_ssh"] = median_of(args.runs, restore)
 
     print(f"treegate benchmark on {platform.node()} ({platform.machine()}, "
           f"{os.cpu_count()} cores), medians of {args.runs}+ runs:")

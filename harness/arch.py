@@ -14,6 +14,16 @@ from harness.errors import UserError
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """A firmware file: how QEMU loads it, and the Debian package that ships it."""
+
+    path: str
+    package: str
+    kind: str
+    """``pflash-code`` (read-only UEFI code), ``pflash-vars`` (copied per machine) or ``bios``."""
+
+
+@dataclass(frozen=True)
 class Arch:
     """What treegate needs to know about one guest architecture."""
 
@@ -36,6 +46,13 @@ class Arch:
     """Multiplier applied to every guest timeout when the guest is emulated (TCG)."""
     memory_mib: int = 1024
     smp: int = 2
+    boot_packages: tuple[str, ...] = ()
+    """Packages composed into the tree for its bootloader (the image builder takes GRUB's
+    modules for this arch from the tree itself: Debian ships them only for the native arch)."""
+    firmware: tuple[Firmware, ...] = ()
+    """Firmware files QEMU needs for this arch, beyond what the QEMU package brings."""
+    layout: str = "bios"
+    """The default disk layout (``images/<layout>.toml``)."""
 
     def host_matches(self) -> bool:
         """True when this host could run the arch under KVM (same instruction set)."""
@@ -72,6 +89,12 @@ ARCHES: dict[str, Arch] = {
             console="ttyAMA0",
             host_machines=("aarch64", "arm64"),
             timeout_scale=1.5,
+            boot_packages=("grub-efi-arm64-bin",),
+            firmware=(
+                Firmware("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64", "pflash-code"),
+                Firmware("/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64", "pflash-vars"),
+            ),
+            layout="uefi-aarch64",
         ),
         Arch(
             name="armv7",
@@ -84,6 +107,8 @@ ARCHES: dict[str, Arch] = {
             console="ttyAMA0",
             host_machines=(),
             timeout_scale=2.0,
+            firmware=(Firmware("/usr/lib/u-boot/qemu_arm/u-boot.bin", "u-boot-qemu", "bios"),),
+            layout="uboot-armv7",
         ),
     )
 }

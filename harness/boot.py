@@ -13,8 +13,14 @@ accelerator); :func:`image_for` returns the cached or freshly built image of a c
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,6 @@ from harness.repo import Repo
 from harness.state import State
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LAYOUTS = {"x86_64": "bios"}
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,7 @@ class Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
         a = get_arch(arch)
-        lay = load_layout(
-            layout or DEFAULT_LAYOUTS.get(a.name, "bios"), images_dir or PROJECT_ROOT / "images"
-        )
+        lay = load_layout(layout or a.layout, images_dir or PROJECT_ROOT / "images")
         return cls(
             state=state,
             repo=repo,
@@ -127,20 +130,13 @@ def machines_dir(state: State) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def booted(
-    target: Target, image: Image, *, name: str = "treegate", wait: bool = True
-) -> Iterator[Guest]:
-    """Run a machine on a throw-away overlay of ``image`` and yield it once SSH answers.
+SNAPSHOT_RECIPE = "1"
 
-    The machine is destroyed when the block ends, whatever ends it.
-    """
+
+def _machine_config(target: Target, image: Image, accel: Accel, name: str) -> MachineConfig:
     mdir = machines_dir(target.state)
-    reap_stale(mdir)
-    accel, why = accel_for(target, image)
-    log.info(f"accelerator: {why}")
     workdir = Path(tempfile.mkdtemp(prefix=f"{_safe(name)}-", dir=mdir))
-    config = MachineConfig(
+    return MachineConfig(
         arch=target.arch,
         accel=accel,
         workdir=workdir,
@@ -150,18 +146,133 @@ def booted(
         repo_port=target.repo_port,
         keepable=target.keep_vm,
     )
-    vm = QemuVM(image.path, config)
+
+
+def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
+    """The saved, booted-and-ready state of ``image``: made once by a cold boot, then reused.
+
+    Keyed by the image and everything in the machine's configuration that a saved state must
+    match (arch, accelerator, memory, vCPUs, QEMU version).  Built under a lock, in a
+    temporary directory renamed into place, so parallel workers wait for one build.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                image.key,
+                target.arch.name,
+                accel.value,
+                target.memory_mib,
+                target.arch.smp,
+                _qemu_version(target.arch.qemu_binary),
+                SNAPSHOT_RECIPE,
+            ]
+        ).encode()
+    ).hexdigest()[:32]
+    root = target.state.root / "snapshots"
+    root.mkdir(exist_ok=True)
+    final = root / key
+    if (final / "snapshot.json").is_file():
+        return final
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "snapshot.json").is_file():
+            return final
+        build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}")
+            vm = QemuVM(image.path, config)
+            guest = Guest(
+                vm,
+                client_key=target.state.key,
+                host_key=image.host_key,
+                timeout_scale=_scale(target, accel),
+            )
+            try:
+                with log.nested(f"booting {image.commit[:12]} once to save it ready"):
+                    vm.start()
+                    guest.wait_for_ssh()
+                    # Ready means systemd finished starting units, whatever their outcome.
+                    guest.execute("systemctl is-system-running --wait", timeout=300)
+                    boot_id = guest.boot_id()
+                    guest.close()
+                    vm.save(build)
+            finally:
+                guest.close()
+                vm.destroy()
+            (build / "snapshot.json").write_text(
+                json.dumps(
+                    {
+                        "image": image.key,
+                        "commit": image.commit,
+                        "boot_id": boot_id,
+                        "saved": time.time(),
+                    }
+                )
+            )
+            os.rename(build, final)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+    return final
+
+
+def _qemu_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.split("\n", 1)[0]
+
+
+def _scale(target: Target, accel: Accel) -> float:
     # Emulated guests get the arch's slack; under KVM, guest work runs at native speed.
-    scale = 1.0 if accel is Accel.kvm else target.arch.timeout_scale
-    guest = Guest(vm, client_key=target.state.key, host_key=image.host_key, timeout_scale=scale)
+    return 1.0 if accel is Accel.kvm else target.arch.timeout_scale
+
+
+@contextlib.contextmanager
+def booted(
+    target: Target,
+    image: Image,
+    *,
+    name: str = "treegate",
+    restore: bool = False,
+    console_to: Path | None = None,
+) -> Iterator[Guest]:
+    """Run a machine on a throw-away overlay of ``image`` and yield it once SSH answers.
+
+    With ``restore``, the machine starts from the image's saved ready state (see
+    :func:`snapshot_for`) in a second or two instead of booting; its disk is still a new
+    overlay, its clock is set to now, and nothing it writes reaches the next machine.  The
+    machine is destroyed when the block ends, whatever ends it; with ``console_to``, its serial
+    console log is kept there first (also when the boot failed).
+    """
+    reap_stale(machines_dir(target.state))
+    accel, why = accel_for(target, image)
+    log.info(f"accelerator: {why}")
+    if restore:
+        snapshot = snapshot_for(target, image, accel)
+        config = _machine_config(target, image, accel, name)
+        vm = QemuVM(
+            snapshot / "disk.qcow2", config, base_format="qcow2", incoming=snapshot / "state"
+        )
+    else:
+        vm = QemuVM(image.path, _machine_config(target, image, accel, name))
+    guest = Guest(
+        vm,
+        client_key=target.state.key,
+        host_key=image.host_key,
+        timeout_scale=_scale(target, accel),
+    )
     try:
-        with log.nested(f"booting {name} ({target.arch.name}, {accel.value})"):
+        how = "restoring" if restore else "booting"
+        with log.nested(f"{how} {name} ({target.arch.name}, {accel.value})"):
             vm.start()
-            if wait:
-                guest.wait_for_ssh()
+            guest.wait_for_ssh()
+            if restore:
+                guest.sync_clock()
         yield guest
     finally:
         guest.close()
+        if console_to is not None and vm.console_log.exists():
+            console_to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(vm.console_log, console_to)
         vm.destroy()
 
 

@@ -34,7 +34,15 @@ def _cmd_compose(args: argparse.Namespace) -> int:
         arch = get_arch(arch_name)
         show = (lambda line: print(f"  {line}", file=sys.stderr)) if not args.quiet else None
         print(f"composing {definition.name} for {arch.name} …", file=sys.stderr)
-        result = compose(definition, arch, repo, workdir=state.tmp, force=args.force, progress=show)
+        result = compose(
+            definition,
+            arch,
+            repo,
+            workdir=state.tmp,
+            force=args.force,
+            progress=show,
+            exclude_suites=tuple(args.exclude_suite or ()),
+        )
         how = "cached" if result.cached else f"composed in {result.seconds:.0f} s"
         print(f"{result.ref} {result.commit} ({how})")
     return 0
@@ -220,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="compose again even if the cache has this definition"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="do not show mmdebstrap's progress")
+    p.add_argument(
+        "--exclude-suite",
+        action="append",
+        metavar="SUITE",
+        help="leave this apt suite of the host's sources out (repeatable), e.g. a "
+        "security suite whose index the mirror serves stale",
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_compose)
 

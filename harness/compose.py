@@ -20,8 +20,10 @@ unchanged definition returns the existing commit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -88,16 +90,23 @@ def compose(
     workdir: Path,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    exclude_suites: tuple[str, ...] = (),
 ) -> ComposeResult:
     """Compose ``definition`` for ``arch`` and commit it on its ref in ``repo``.
 
     Returns the existing commit when the ref (or its recent history) already holds a compose
     of the same definition, without moving the ref (unless ``force``): composing v1 after v2
     of a stream finds v1 again.  ``progress`` receives mmdebstrap's output line by line.
+    ``exclude_suites`` leaves apt suites out (say, a security suite whose index the mirror
+    serves stale), in addition to the definition's own ``exclude_suites``.
     """
     start = time.monotonic()
+    if exclude_suites:
+        # Part of the definition from here on, so the cache key tells the two trees apart.
+        merged = tuple(dict.fromkeys((*definition.exclude_suites, *exclude_suites)))
+        definition = dataclasses.replace(definition, exclude_suites=merged)
     ref = definition.ref(arch.name)
-    key = definition.cache_key(arch.name, RECIPE)
+    key = definition.cache_key(arch.name, _recipe(arch))
     repo.init()
     if not force:
         for earlier in repo.history(ref, limit=50):
@@ -127,6 +136,11 @@ def compose(
         commit = repo.commit(root, ref, subject=subject, metadata=metadata)
         _remove_tree(root)
     return ComposeResult(ref, commit, False, time.monotonic() - start)
+
+
+def _recipe(arch: Arch) -> str:
+    """The compose recipe for ``arch``: what the cache key needs beyond the definition."""
+    return f"{RECIPE}|{arch.kernel_package}|{','.join(arch.boot_packages)}"
 
 
 def _tree_path(path: str) -> str:
@@ -299,7 +313,7 @@ def _mmdebstrap(
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(f.content)
         dest.chmod(f.mode)
-    packages = [*definition.packages, arch.kernel_package]
+    packages = [*definition.packages, arch.kernel_package, *arch.boot_packages]
     argv = [
         "mmdebstrap",
         "--mode=root",
@@ -334,10 +348,11 @@ def _mmdebstrap(
 def _explain_mmdebstrap(exc: CommandError, definition: Definition) -> Exception:
     text = exc.stderr
     if "unexpected size" in text or "Hash Sum mismatch" in text:
+        bad = sorted({m.group(1) for m in re.finditer(r"dists/([\w.-]+)/", text)})
         return InfraError(
-            "the package mirror served a stale or corrupt index",
-            hint="retry later, or leave the broken suite out with exclude_suites = "
-            f'["{definition.suite}-security"] in the definition',
+            f"the package mirror served a stale or corrupt index for {', '.join(bad) or 'a suite'}",
+            hint="retry later, or leave the suite out: treegate compose --exclude-suite SUITE "
+            "(pytest: --exclude-suite [ARCH:]SUITE), or exclude_suites in the definition",
         )
     for line in text.splitlines():
         if "Unable to locate package" in line or "has no installation candidate" in line:

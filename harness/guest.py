@@ -250,6 +250,10 @@ class Guest:
         """Wait until something in the guest listens on TCP ``port``."""
         self.wait_until_succeeds(f"ss -Htln 'sport = :{port}' | grep -q .", timeout)
 
+    def sync_clock(self) -> None:
+        """Set the guest's clock to the host's (a restored machine wakes up in the past)."""
+        self.succeed(f"date -s @{time.time():.3f} >/dev/null")
+
     # -- reboots -------------------------------------------------------------------------
     def boot_id(self) -> str:
         """The kernel's random boot id: changes on every boot."""

@@ -44,7 +44,7 @@ from harness.layout import Layout
 from harness.repo import Commit, Repo
 from harness.run import run
 
-RECIPE = "2"
+RECIPE = "3"
 """Bump when the image recipe changes what an image contains: it invalidates the cache."""
 
 STATEROOT = "debian"
@@ -164,8 +164,10 @@ def _check_tools(layout: Layout) -> None:
         "unshare": "util-linux",
         "ssh-keygen": "openssh-client",
     }
-    if layout.bootloader == "grub-bios":
+    if layout.bootloader.startswith("grub-"):
         needed["grub-mkimage"] = "grub-common"
+    if layout.bootloader == "grub-efi":
+        needed.update({"mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools"})
     for tool, package in needed.items():
         if shutil.which(tool) is None:
             raise UserError(
@@ -200,7 +202,9 @@ def _build(
     )
     (stage / "authorized_keys").write_text(client_key + "\n")
     if layout.bootloader == "grub-bios":
-        (stage / "grub.cfg").write_text(GRUB_CFG)
+        (stage / "grub.cfg").write_text(GRUB_CFG.format(terminal=_GRUB_SERIAL))
+    elif layout.bootloader == "grub-efi":
+        (stage / "grub.cfg").write_text(GRUB_CFG.format(terminal=""))
     disk = build / "disk.raw"
     with open(disk, "wb") as f:
         f.truncate(layout.disk_size())
@@ -241,6 +245,8 @@ def _build(
         raise
     if layout.bootloader == "grub-bios":
         _install_grub_bios(disk, layout)
+    elif layout.bootloader == "grub-efi":
+        _install_grub_efi(disk, layout, repo, commit.checksum, arch, build)
     shutil.rmtree(stage)
     return Image(
         path=final / "disk.raw",
@@ -272,6 +278,9 @@ mkdir -p "$S/boot/syslinux" "$S/boot/loader.0"
 : > "$S/boot/loader.0/syslinux.cfg"
 ln -s loader.0 "$S/boot/loader"
 ln -s ../loader/syslinux.cfg "$S/boot/syslinux/syslinux.cfg"
+# U-Boot's distro boot looks for /extlinux/extlinux.conf: the same file, same format.
+mkdir -p "$S/boot/extlinux"
+ln -s ../loader/syslinux.cfg "$S/boot/extlinux/extlinux.conf"
 eval "ostree admin deploy --sysroot=\"\$S\" --os=\"\$OS\" $KARGS \"\$REMOTE:\$REF\"" >/dev/null
 D=$(echo "$S/ostree/deploy/$OS/deploy/"*.0)
 cp "$STAGE/etc/fstab" "$STAGE/etc/machine-id" "$D/etc/"
@@ -295,13 +304,94 @@ GRUB_CFG = """\
 # rewrites /loader/syslinux.cfg on every deploy, and GRUB executes it as its own menu.
 set timeout=0
 set default=0
-serial --unit=0 --speed=115200
-terminal_output serial
-syslinux_source /syslinux/syslinux.cfg
+{terminal}syslinux_source /syslinux/syslinux.cfg
 # syslinux_source loads the DEFAULT entry inline when the file names one: boot it.  When it
 # does not, this fails harmlessly and the menu it created boots entry 0 at once.
 boot
 """
+
+_GRUB_SERIAL = "serial --unit=0 --speed=115200\nterminal_output serial\n"
+"""PC BIOS GRUB prints to VGA by default; UEFI GRUB uses the firmware's console (serial)."""
+
+_GRUB_EFI = {"aarch64": ("arm64-efi", "BOOTAA64.EFI"), "x86_64": ("x86_64-efi", "BOOTX64.EFI")}
+"""GRUB's platform and the removable-media loader name, per arch."""
+
+_GRUB_EFI_MODULES = [
+    "part_gpt",
+    "ext2",
+    "normal",
+    "configfile",
+    "syslinuxcfg",
+    "linux",
+    "boot",
+    "echo",
+    "test",
+]
+
+
+def _install_grub_efi(
+    disk: Path, layout: Layout, repo: Repo, commit: str, arch: Arch, build: Path
+) -> None:
+    """Put GRUB on the EFI system partition as the removable-media loader (``\\EFI\\BOOT``).
+
+    GRUB's modules come from the tree itself (Debian ships them only for the native arch, and a
+    tree carries the bootloader it was composed with); ``grub-mkimage`` is arch-independent.
+    """
+    if arch.name not in _GRUB_EFI:
+        raise UserError(f"no UEFI GRUB for {arch.name}")
+    platform, loader = _GRUB_EFI[arch.name]
+    modules = build / "grub-modules"
+    try:
+        run(
+            [
+                "ostree",
+                "checkout",
+                f"--repo={repo.path}",
+                f"--subpath=/usr/lib/grub/{platform}",
+                commit,
+                str(modules),
+            ]
+        )
+    except CommandError:
+        raise UserError(
+            f"commit {commit[:12]} has no GRUB modules in /usr/lib/grub/{platform}",
+            hint=f"compose the tree with {', '.join(arch.boot_packages) or 'GRUB for ' + platform}",
+        ) from None
+    efi = build / loader
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            platform,
+            "-d",
+            str(modules),
+            "-o",
+            str(efi),
+            "-p",
+            f"(hd0,gpt{layout.index('boot')})/grub",
+            *_GRUB_EFI_MODULES,
+        ]
+    )
+    shutil.rmtree(modules)
+    esp = layout.partition("esp")
+    # FAT16 explicitly: mkfs.fat sizes its choice by the whole disk file, not the partition.
+    run(
+        [
+            "mkfs.vfat",
+            "-F",
+            "16",
+            "-n",
+            "ESP",
+            f"--offset={esp.start}",
+            str(disk),
+            str(esp.size // 1024),
+        ]
+    )
+    target = f"{disk}@@{esp.offset}"
+    run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"])
+    run(["mcopy", "-i", target, str(efi), f"::/EFI/BOOT/{loader}"])
+    efi.unlink()
+
 
 _GRUB_BIOS_MODULES = [
     "biosdisk",
@@ -328,7 +418,7 @@ def _install_grub_bios(disk: Path, layout: Layout) -> None:
     LBA of ``core.img`` patched in, and core.img's own block list is patched to match.
     """
     bios = layout.partition("bios")
-    boot_index = [p.name for p in layout.plan()].index("boot") + 1
+    boot_index = layout.index("boot")
     with tempfile.TemporaryDirectory() as tmp:
         core = Path(tmp) / "core.img"
         run(

@@ -16,14 +16,18 @@ from harness.errors import UserError
 
 SECTOR = 512
 MIB = 1024 * 1024
-BOOTLOADERS = ("grub-bios",)
+BOOTLOADERS = ("grub-bios", "grub-efi", "uboot-extlinux")
+"""``grub-bios``: GRUB in a BIOS boot partition (PC firmware); ``grub-efi``: GRUB as the
+removable-media loader on an EFI system partition (UEFI firmware); ``uboot-extlinux``: the
+firmware's U-Boot reads ``/extlinux/extlinux.conf`` from the legacy-bootable ``/boot``."""
 
 # GPT partition type GUIDs (the Discoverable Partitions Specification and GRUB's).
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 LINUX_DATA = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 XBOOTLDR = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
-_KEYS = {"description", "arches", "bootloader", "boot_mib", "root_mib"}
+_KEYS = {"description", "arches", "bootloader", "boot_mib", "root_mib", "esp_mib"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class Partition:
     type_guid: str
     start: int
     sectors: int
+    attrs: str = ""
+    """GPT attribute names for sfdisk (``LegacyBIOSBootable`` marks U-Boot's boot partition)."""
 
     @property
     def offset(self) -> int:
@@ -56,21 +62,29 @@ class Layout:
     root_mib: int
     digest: str
     """Digest of the layout file: part of the image cache key."""
+    esp_mib: int = 32
 
     def plan(self) -> list[Partition]:
         """The partitions in disk order, 1 MiB aligned, after a 1 MiB GPT header area."""
-        parts: list[tuple[str, str, int]] = []
+        parts: list[tuple[str, str, int, str]] = []
         if self.bootloader == "grub-bios":
-            parts.append(("bios", BIOS_BOOT, 1))
-        parts.append(("boot", XBOOTLDR, self.boot_mib))
-        parts.append(("root", LINUX_DATA, self.root_mib))
+            parts.append(("bios", BIOS_BOOT, 1, ""))
+        if self.bootloader == "grub-efi":
+            parts.append(("esp", ESP, self.esp_mib, ""))
+        boot_attrs = "LegacyBIOSBootable" if self.bootloader == "uboot-extlinux" else ""
+        parts.append(("boot", XBOOTLDR, self.boot_mib, boot_attrs))
+        parts.append(("root", LINUX_DATA, self.root_mib, ""))
         out = []
         start = MIB // SECTOR
-        for name, guid, mib in parts:
+        for name, guid, mib, attrs in parts:
             sectors = mib * MIB // SECTOR
-            out.append(Partition(name, guid, start, sectors))
+            out.append(Partition(name, guid, start, sectors, attrs))
             start += sectors
         return out
+
+    def index(self, name: str) -> int:
+        """The 1-based partition number of ``name`` (what GRUB calls ``gptN``)."""
+        return [p.name for p in self.plan()].index(name) + 1
 
     def disk_size(self) -> int:
         """Bytes: every partition plus 1 MiB at each end for the GPT and its backup."""
@@ -84,7 +98,10 @@ class Layout:
         """Input for ``sfdisk`` that writes exactly :meth:`plan`."""
         lines = ["label: gpt", "unit: sectors", "first-lba: 2048"]
         for p in self.plan():
-            lines.append(f"start={p.start}, size={p.sectors}, type={p.type_guid}, name={p.name}")
+            attrs = f', attrs="{p.attrs}"' if p.attrs else ""
+            lines.append(
+                f"start={p.start}, size={p.sectors}, type={p.type_guid}, name={p.name}{attrs}"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -112,6 +129,9 @@ def load_layout(name_or_path: str, images_dir: Path) -> Layout:
     for key in ("boot_mib", "root_mib"):
         if not isinstance(raw.get(key), int) or raw[key] < 64:
             raise UserError(f"{path}: {key} must be a whole number of MiB, at least 64")
+    esp_mib = raw.get("esp_mib", 32)
+    if not isinstance(esp_mib, int) or esp_mib < 16:
+        raise UserError(f"{path}: esp_mib must be a whole number of MiB, at least 16")
     return Layout(
         name=path.stem,
         description=str(raw.get("description", "")),
@@ -119,5 +139,6 @@ def load_layout(name_or_path: str, images_dir: Path) -> Layout:
         bootloader=bootloader,
         boot_mib=raw["boot_mib"],
         root_mib=raw["root_mib"],
+        esp_mib=esp_mib,
         digest=hashlib.sha256(text.encode()).hexdigest(),
     )

@@ -92,6 +92,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="leave the machine of a failed test running, and print how to treegate ssh into it",
     )
     g.addoption(
+        "--cold-boot",
+        dest="tg_cold_boot",
+        action="store_true",
+        help="boot every machine through firmware and bootloader instead of restoring the "
+        "image's saved ready state",
+    )
+    g.addoption(
         "--backend",
         dest="tg_backend",
         default="qemu",
@@ -133,6 +140,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "cold_boot: the test's machines boot through firmware and bootloader, never from a "
+        "saved state (for tests of the boot path itself)",
+    )
+    config.addinivalue_line(
+        "markers",
         "needs(feature): the test needs a tree with FEATURE (e.g. 'docker'): skipped with a reason "
         "when the candidate has none; run on the fixture tree that has it when composing",
     )
@@ -149,6 +161,7 @@ class PluginOptions:
     rebase_ref: str | None
     origin_ref: str | None
     keep_vm: bool
+    cold_boot: bool
     arches: tuple[str, ...]
     layout: str | None
     accel: str | None
@@ -163,6 +176,7 @@ class PluginOptions:
             rebase_ref=config.getoption("tg_rebase_ref"),
             origin_ref=config.getoption("tg_origin_ref"),
             keep_vm=config.getoption("tg_keep_vm"),
+            cold_boot=config.getoption("tg_cold_boot"),
             arches=tuple(config.getoption("tg_arch") or ["x86_64"]),
             layout=config.getoption("tg_layout"),
             accel=config.getoption("tg_accel"),
@@ -183,6 +197,7 @@ class Harness:
     repo_port: int
     """Port of the session's read-only repo server (what guests pull upgrades from)."""
     _targets: dict[str, Target] = field(default_factory=dict)
+    _boots: dict[str, int] = field(default_factory=dict)
 
     def target(self, arch: str) -> Target:
         """The target for ``arch`` (built once per session)."""
@@ -261,23 +276,14 @@ class Harness:
             return image_for(self.target(arch), rev, ref=ref)
 
     @contextlib.contextmanager
-    def boot(self, image: Image, *, name: str) -> Iterator[Guest]:
-        """Boot ``image`` for the length of a ``with`` block; keep its console as an artifact."""
+    def boot(self, image: Image, *, name: str, restore: bool = False) -> Iterator[Guest]:
+        """Run a machine of ``image`` for a ``with`` block (restored from its saved ready state
+        when ``restore``); its console log is kept under the run's directory."""
         target = self.target(image.arch)
-        guest: Guest | None = None
-        try:
-            with booted(target, image, name=name, wait=False) as guest:
-                guest.wait_for_ssh()
-                yield guest
-        finally:
-            if guest is not None:
-                self.save_console(guest, name)
-
-    def save_console(self, guest: Guest, name: str) -> Path:
-        dest = self.run_dir / name / f"console-{guest.boot_count or 0}.log"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(guest.console.text())
-        return dest
+        self._boots[name] = self._boots.get(name, 0) + 1
+        console = self.run_dir / name / f"console-{self._boots[name]}.log"
+        with booted(target, image, name=name, restore=restore, console_to=console) as guest:
+            yield guest
 
 
 @contextlib.contextmanager
@@ -384,7 +390,8 @@ def _booted_for_test(
     harness: Harness, image: Image, request: pytest.FixtureRequest
 ) -> Iterator[Guest]:
     name = _machine_name(request.node.nodeid)
-    with harness.boot(image, name=name) as guest:
+    cold = harness.options.cold_boot or request.node.get_closest_marker("cold_boot") is not None
+    with harness.boot(image, name=name, restore=not cold) as guest:
         yield guest
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed and guest.vm.is_running():

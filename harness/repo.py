@@ -91,9 +91,14 @@ class Repo:
         try:
             meta = self._metadata(checksum)
         except CommandError as exc:
+            if "Couldn't find" in exc.stderr or "No such" in exc.stderr:
+                raise UserError(
+                    f"commit {checksum[:12]} is not in repository {self.path}"
+                ) from None
+            last = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else "unreadable"
             raise UserError(
-                f"commit {checksum[:12]} (from {rev!r}) cannot be read from {self.path}: "
-                f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else 'missing'}"
+                f"commit {checksum[:12]} (from {rev!r}) cannot be read from {self.path}: {last}",
+                hint="the repository may be corrupt: ostree fsck",
             ) from None
         named_by_checksum = checksum.startswith(rev) and re.fullmatch(r"[0-9a-f]{4,64}", rev)
         return Commit(checksum=checksum, ref=None if named_by_checksum else rev, metadata=meta)
@@ -169,7 +174,10 @@ class Repo:
             "--generate-sizes",
         ]
         args += [f"--add-metadata-string={k}={v}" for k, v in sorted(metadata.items())]
-        return self._ostree(*args).strip()
+        checksum = self._ostree(*args).strip()
+        # Clients that find a summary trust it over refs/: a stale one would hide this commit.
+        self.update_summary()
+        return checksum
 
     def promote(
         self, candidate: Commit, tested_ref: str, *, subject: str, metadata: dict[str, str]
@@ -269,8 +277,11 @@ def _parse_string_metadata(raw: str) -> dict[str, str]:
     start = raw.find("{")
     if start < 0:
         return meta
-    for m in re.finditer(r"'([^']+)': <'((?:[^'\\]|\\.)*)'>", raw[start:]):
-        meta[m.group(1)] = m.group(2).replace("\\'", "'")
+    # GVariant text quotes a string with ' unless it contains one, then with ".
+    pattern = r"'([^']+)': <(?:'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\")>"
+    for m in re.finditer(pattern, raw[start:]):
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        meta[m.group(1)] = re.sub(r"\\(.)", r"\1", value)
     return meta
 
 

@@ -32,7 +32,9 @@ class Feature:
 
 
 FEATURES: dict[str, Feature] = {
-    "docker": Feature("docker", "/usr/sbin/dockerd", fixture="docker-v2", fixture_baseline="docker"),
+    "docker": Feature(
+        "docker", "/usr/sbin/dockerd", fixture="docker-v2", fixture_baseline="docker"
+    ),
 }
 
 

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.machine.base import MachineConfig
+from harness.retry import retry
 from harness.run import run
 
 _PR_SET_PDEATHSIG = 1
@@ -63,8 +65,22 @@ def free_port() -> int:
 class QemuVM:
     """A VM run by a QEMU process on this host."""
 
-    def __init__(self, base_image: Path, config: MachineConfig) -> None:
+    def __init__(
+        self,
+        base_image: Path,
+        config: MachineConfig,
+        *,
+        base_format: str = "raw",
+        incoming: Path | None = None,
+    ) -> None:
+        """A VM on a new overlay of ``base_image``.
+
+        With ``incoming`` (a state file written by :meth:`save`), the VM starts from that saved
+        state instead of booting: ``base_image`` must then be the disk saved with it.
+        """
         self.base_image = base_image
+        self.base_format = base_format
+        self.incoming = incoming
         self.config = config
         self.name = config.name
         self.workdir = config.workdir
@@ -85,6 +101,7 @@ class QemuVM:
                 f"{arch.qemu_binary} is not installed", hint=f"apt-get install {arch.qemu_package}"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._check_firmware()
         run(
             [
                 "qemu-img",
@@ -93,7 +110,7 @@ class QemuVM:
                 "-f",
                 "qcow2",
                 "-F",
-                "raw",
+                self.base_format,
                 "-b",
                 str(self.base_image),
                 str(self.overlay),
@@ -110,6 +127,8 @@ class QemuVM:
                 raise InfraError(f"QEMU did not start: {reason}")
         else:
             raise InfraError("QEMU could not bind a free SSH port after 5 tries")
+        if self.incoming is not None:
+            self._restore(self.incoming)
         (self.workdir / "machine.json").write_text(
             json.dumps(
                 {
@@ -155,8 +174,8 @@ class QemuVM:
             "-nodefaults",
             "-display",
             "none",
-            "-vga",
-            "std",
+            *self._display_args(),
+            *self._firmware_args(),
             "-drive",
             f"file={self.overlay},format=qcow2,if=none,id=disk0,cache=unsafe,discard=unmap",
             "-device",
@@ -177,7 +196,89 @@ class QemuVM:
             f"socket,id=qmp,fd={_QMP_FD}",
             "-mon",
             "chardev=qmp,mode=control",
+            *(["-incoming", "defer"] if self.incoming is not None else []),
         ]
+
+    def _restore(self, state: Path) -> None:
+        self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+
+        def loaded(_last: bool) -> bool:
+            status = self.qmp("query-status")
+            assert isinstance(status, dict)
+            return status.get("status") not in ("inmigrate", "prelaunch")
+
+        retry(
+            loaded,
+            120,
+            interval=0.05,
+            max_interval=0.2,
+            what="the saved state to load",
+            on_timeout=InfraError,
+        )
+        self.qmp("cont")
+
+    def save(self, dest: Path) -> None:
+        """Save the running VM into ``dest`` (``state`` and ``disk.qcow2``) and stop it.
+
+        The vCPUs are stopped, RAM and device state go to ``dest/state`` through QEMU's
+        migration, QEMU quits (flushing the overlay), and the overlay becomes
+        ``dest/disk.qcow2``: together they restore the machine as it was, any number of times,
+        each on its own new overlay.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        self.qmp("stop")
+        self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(dest / 'state'))}")
+
+        def done(_last: bool) -> bool:
+            info = self.qmp("query-migrate")
+            assert isinstance(info, dict)
+            status = info.get("status")
+            if status == "failed":
+                raise InfraError(f"saving {self.name} failed: {info.get('error-desc', 'unknown')}")
+            return status == "completed"
+
+        retry(
+            done,
+            300,
+            interval=0.05,
+            max_interval=0.5,
+            what="the machine state to be saved",
+            on_timeout=InfraError,
+        )
+        with contextlib.suppress(Exception):
+            self.qmp("quit")
+        if self._proc is not None:
+            self._proc.wait(timeout=30)
+        shutil.move(self.overlay, dest / "disk.qcow2")
+
+    def _display_args(self) -> list[str]:
+        # A display device only where the firmware draws on it: screenshots come from it.
+        return ["-vga", "std"] if self.config.arch.name == "x86_64" else []
+
+    def _firmware_args(self) -> list[str]:
+        args: list[str] = []
+        for fw in self.config.arch.firmware:
+            if fw.kind == "pflash-code":
+                args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={fw.path}"]
+            elif fw.kind == "pflash-vars":
+                # Each machine gets its own copy of the UEFI variable store.
+                args += [
+                    "-drive",
+                    f"if=pflash,format=raw,unit=1,file={self.workdir / 'efivars.fd'}",
+                ]
+            else:
+                args += ["-bios", fw.path]
+        return args
+
+    def _check_firmware(self) -> None:
+        for fw in self.config.arch.firmware:
+            if not Path(fw.path).is_file():
+                raise UserError(
+                    f"{self.config.arch.name} firmware {fw.path} is missing",
+                    hint=f"apt-get install {fw.package}",
+                )
+            if fw.kind == "pflash-vars":
+                shutil.copyfile(fw.path, self.workdir / "efivars.fd")
 
     def _spawn(self) -> None:
         if self._qmp_sock is not None:

@@ -10,7 +10,8 @@ import pytest
 from harness.guest import Guest
 from harness.repo import Commit
 
-pytestmark = pytest.mark.vm
+# The boot path itself is under test here: boot through firmware and GRUB, never restore.
+pytestmark = [pytest.mark.vm, pytest.mark.cold_boot]
 
 
 def test_boots_the_candidate(shared_machine: Guest, candidate: Commit) -> None:

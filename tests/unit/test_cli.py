@@ -172,3 +172,47 @@ def test_unknown_layout(tmp_path: Path, repo: Path) -> None:
         state=tmp_path / "s",
     )
     assert_one_line_error(r, 2, "no disk layout 'floppy'")
+
+
+@pytest.mark.parametrize("command", ["compose", "image", "boot", "ssh", "gate", "demo"])
+def test_every_command_has_help(command: str, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "usage: treegate" in r.stdout
+
+
+def test_bad_suite_name_is_one_line(tmp_path: Path, repo: Path) -> None:
+    r = treegate(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        "treegate/bookworm/x86_64/minimal",
+        "--promote-to",
+        "x/tested",
+        "--suite",
+        "smok",
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "unknown suite 'smok'")
+
+
+def test_gate_on_a_missing_ref_is_one_line(tmp_path: Path, repo: Path) -> None:
+    r = treegate(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        "nope/ref",
+        "--promote-to",
+        "x/tested",
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "ref 'nope/ref' is not in repository")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.layout import BIOS_BOOT, MIB, SECTOR, load_layout
+from harness.layout import BIOS_BOOT, ESP, MIB, SECTOR, load_layout
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 
@@ -57,3 +57,28 @@ def test_layout_with_bad_sizes_is_refused(tmp_path: Path) -> None:
     bad.write_text('bootloader = "grub-bios"\nboot_mib = 1\nroot_mib = 4096\n')
     with pytest.raises(UserError, match="boot_mib"):
         load_layout(str(bad), IMAGES)
+
+
+def test_uefi_layout_has_an_esp_first() -> None:
+    layout = load_layout("uefi-aarch64", IMAGES)
+    parts = layout.plan()
+    assert [p.name for p in parts] == ["esp", "boot", "root"]
+    assert parts[0].type_guid == ESP
+    assert layout.index("boot") == 2
+
+
+def test_uboot_layout_marks_boot_legacy_bootable(tmp_path: Path) -> None:
+    layout = load_layout("uboot-armv7", IMAGES)
+    assert [p.name for p in layout.plan()] == ["boot", "root"]
+    assert layout.partition("boot").attrs == "LegacyBIOSBootable"
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(layout.disk_size())
+    subprocess.run(
+        ["sfdisk", "--quiet", str(disk)], input=layout.sfdisk_script(), text=True, check=True
+    )
+    out = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    )
+    boot = json.loads(out.stdout)["partitiontable"]["partitions"][0]
+    assert boot["attrs"] == "LegacyBIOSBootable"

@@ -1,0 +1,95 @@
+"""The repository layer against real (tiny) ostree repositories: no VM needed."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UserError
+from harness.repo import Repo, serve
+
+
+def commit_tree(repo: Repo, tmp: Path, ref: str, content: str, version: str) -> str:
+    tree = tmp / f"tree-{version}"
+    (tree / "usr").mkdir(parents=True)
+    (tree / "usr" / "content").write_text(content)
+    return repo.commit(tree, ref, subject=f"v{version}", metadata={"version": version, "k": "it's", "j": '{"a": "b"}'})
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    r = Repo(tmp_path / "repo")
+    r.init()
+    return r
+
+
+def test_metadata_history_and_resolve(repo: Repo, tmp_path: Path) -> None:
+    a = commit_tree(repo, tmp_path, "x/y", "a", "1")
+    b = commit_tree(repo, tmp_path, "x/y", "b", "2")
+    head = repo.resolve("x/y")
+    assert head.checksum == b and head.ref == "x/y" and head.version == "2"
+    assert head.metadata["k"] == "it's"
+    assert head.metadata["j"] == '{"a": "b"}'
+    assert [c.checksum for c in repo.history("x/y")] == [b, a]
+    assert repo.parent(a) is None
+    assert repo.resolve(a[:10]).checksum == a and repo.resolve(a[:10]).ref is None
+    assert repo.ref_containing(a) == "x/y"
+
+
+def test_summary_follows_every_commit(repo: Repo, tmp_path: Path) -> None:
+    """A stale summary would make guests pull an old head (found by the demo's rebase)."""
+    commit_tree(repo, tmp_path, "x/y", "a", "1")
+    b = commit_tree(repo, tmp_path, "x/y", "b", "2")
+    view = subprocess.run(
+        ["ostree", "summary", "--view", f"--repo={repo.path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert b in view
+
+
+def test_promotion_keeps_the_tree_and_records_why(repo: Repo, tmp_path: Path) -> None:
+    a = commit_tree(repo, tmp_path, "x/y", "a", "1")
+    promoted = repo.promote(
+        repo.resolve(a), "x/y-tested", subject="ok", metadata={"treegate.candidate": a}
+    )
+    assert repo.content_checksum(promoted) == repo.content_checksum(a)
+    assert repo.resolve("x/y-tested").metadata["treegate.candidate"] == a
+    assert repo.resolve("x/y-tested").version == "1"
+
+
+def test_missing_things_are_user_errors(repo: Repo, tmp_path: Path) -> None:
+    commit_tree(repo, tmp_path, "x/y", "a", "1")
+    with pytest.raises(UserError) as caught:
+        repo.resolve("x/z")
+    assert "did you mean 'x/y'" in caught.value.one_line()
+    with pytest.raises(UserError, match="is not in repository"):
+        repo.resolve("0" * 64)
+    with pytest.raises(UserError, match="is not an OSTree repository"):
+        Repo(tmp_path).check()
+
+
+def test_server_is_read_only_and_lists_nothing(repo: Repo, tmp_path: Path) -> None:
+    commit_tree(repo, tmp_path, "x/y", "a", "1")
+    with serve(repo) as port:
+        base = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(f"{base}/config").status == 200
+        for method, path in (
+            ("GET", "/"),
+            ("GET", "/refs/"),
+            ("PUT", "/config"),
+            ("POST", "/config"),
+            ("DELETE", "/config"),
+        ):
+            request = urllib.request.Request(
+                f"{base}{path}", method=method, data=b"x" if method != "GET" else None
+            )
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request)
+            assert caught.value.code in (404, 501), (method, path)
+    assert (repo.path / "config").read_text().startswith("[core]")
