@@ -172,6 +172,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
     root.mkdir(exist_ok=True)
     final = root / key
     if (final / "snapshot.json").is_file():
+        (final / "snapshot.json").touch()  # last use, for treegate cache gc
         return final
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -179,6 +179,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir, state, arch=args.arch, json_out=Path(args.json) if args.json else None)
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from harness import cache
+
+    state = State.at(args.state_dir)
+    if args.action == "gc":
+        removed = cache.gc(state, older_than_days=args.older_than)
+        freed = sum(e.size for e in removed)
+        print(f"removed {len(removed)} entries, {freed / 2**20:.0f} MiB freed")
+        return 0
+    total = 0
+    for e in cache.entries(state):
+        age = (time.time() - e.last_used) / 86400
+        print(
+            f"{e.kind:8} {e.size / 2**20:8.0f} MiB  used {age:5.1f} days ago  {e.commit[:12]}  {e.path}"
+        )
+        total += e.size
+    print(f"total {total / 2**20:.0f} MiB in {state.root}")
+    return 0
+
+
 def _add_target(p: argparse.ArgumentParser, commit: bool = True) -> None:
     p.add_argument("--repo", required=True, help="OSTree repository holding the commit")
     if commit:
@@ -299,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the list of verdicts as JSON")
     _add_common(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("cache", help="list or trim cached images and saved machine states")
+    p.add_argument(
+        "action", choices=["ls", "gc"], help="ls: list with sizes; gc: remove unused entries"
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="gc: remove entries unused for this many days (default 7; 0 removes all)",
+    )
+    _add_common(p)
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser(
         "ssh", help="open a shell (or run a command) on a machine started by treegate boot"

@@ -65,6 +65,9 @@ def run_demo(
     repo.init()
     a = get_arch(arch)
     print(f"treegate demo: repository {repo.path}", file=sys.stderr)
+    # Each run starts from a stream nobody has gated yet.
+    for step in steps(arch):
+        repo.delete_ref(step.tested)
     # The rebase target of the first gates must exist before them.
     for name in ("docker", "minimal"):
         _compose(name, a, repo, state)
@@ -115,3 +118,6 @@ def _compose(name: str, arch: Arch, repo: Repo, state: State) -> None:
     result = compose(definition, arch, repo, workdir=state.tmp)
     how = "cached" if result.cached else f"{result.seconds:.0f} s"
     print(f"  {result.ref} {result.commit[:12]} ({how})", file=sys.stderr)
+    # As on a build server, the ref now points at what was just composed (a compose served
+    # from the cache of an earlier demo run does not move it by itself).
+    repo.set_ref(result.ref, result.commit)

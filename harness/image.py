@@ -131,6 +131,7 @@ def build_image(
     final = cache_dir / key[:32]
     meta_path = final / "image.json"
     if meta_path.is_file():
+        meta_path.touch()  # last use, for treegate cache gc
         data = json.loads(meta_path.read_text())
         data["path"] = Path(data["path"])
         image = Image(**data)

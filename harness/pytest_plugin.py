@@ -99,6 +99,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "image's saved ready state",
     )
     g.addoption(
+        "--exclude-suite",
+        dest="tg_exclude_suite",
+        action="append",
+        metavar="[ARCH:]SUITE",
+        help="when composing fixture trees, leave this apt suite out (for ARCH only, if given); "
+        "e.g. armv7:bookworm-security when the mirror serves its index stale",
+    )
+    g.addoption(
         "--backend",
         dest="tg_backend",
         default="qemu",
@@ -162,10 +170,20 @@ class PluginOptions:
     origin_ref: str | None
     keep_vm: bool
     cold_boot: bool
+    exclude_suites: tuple[str, ...]
     arches: tuple[str, ...]
     layout: str | None
     accel: str | None
     state_dir: str | None
+
+    def excluded_for(self, arch: str) -> tuple[str, ...]:
+        """The apt suites to leave out of composes for ``arch``."""
+        out = []
+        for spec in self.exclude_suites:
+            only, _, suite = spec.rpartition(":")
+            if not only or only == arch:
+                out.append(suite)
+        return tuple(out)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> PluginOptions:
@@ -177,6 +195,7 @@ class PluginOptions:
             origin_ref=config.getoption("tg_origin_ref"),
             keep_vm=config.getoption("tg_keep_vm"),
             cold_boot=config.getoption("tg_cold_boot"),
+            exclude_suites=tuple(config.getoption("tg_exclude_suite") or ()),
             arches=tuple(config.getoption("tg_arch") or ["x86_64"]),
             layout=config.getoption("tg_layout"),
             accel=config.getoption("tg_accel"),
@@ -233,7 +252,13 @@ class Harness:
         )
         with _locked(self.state.root / "compose.lock"):
             for definition in stream[: stream.index(wanted) + 1]:
-                result = compose(definition, get_arch(arch), self.repo, workdir=self.state.tmp)
+                result = compose(
+                    definition,
+                    get_arch(arch),
+                    self.repo,
+                    workdir=self.state.tmp,
+                    exclude_suites=self.options.excluded_for(arch),
+                )
         return dataclasses.replace(self.repo.resolve(result.commit), ref=result.ref)
 
     def candidate(self, arch: str, feature: str | None = None) -> Commit:

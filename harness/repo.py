@@ -201,6 +201,17 @@ class Repo:
         self.update_summary()
         return checksum
 
+    def set_ref(self, ref: str, checksum: str) -> None:
+        """Point ``ref`` at ``checksum`` (creating or moving it), then update the summary."""
+        self._ostree("refs", "--force", f"--create={ref}", checksum)
+        self.update_summary()
+
+    def delete_ref(self, ref: str) -> None:
+        """Remove ``ref`` if it exists (its commits stay until pruned)."""
+        if ref in self.refs():
+            self._ostree("refs", "--delete", ref)
+            self.update_summary()
+
     def update_summary(self) -> None:
         """Regenerate the summary file so remotes see the current refs."""
         self._ostree("summary", "-u")

@@ -174,7 +174,7 @@ def test_unknown_layout(tmp_path: Path, repo: Path) -> None:
     assert_one_line_error(r, 2, "no disk layout 'floppy'")
 
 
-@pytest.mark.parametrize("command", ["compose", "image", "boot", "ssh", "gate", "demo"])
+@pytest.mark.parametrize("command", ["compose", "image", "boot", "ssh", "gate", "demo", "cache"])
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "harness.cli", command, "--help"],
