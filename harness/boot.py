@@ -28,6 +28,7 @@ from pathlib import Path
 from harness import log
 from harness.accel import Accel, choose_accel
 from harness.arch import Arch, get_arch
+from harness.errors import UserError
 from harness.guest import Guest
 from harness.image import Image, build_image
 from harness.keys import ensure_client_key
@@ -95,8 +96,6 @@ def image_for(target: Target, rev: str, *, ref: str | None = None) -> Image:
     origin = ref or commit.ref or target.repo.ref_containing(commit.checksum)
     arch_of_commit = commit.metadata.get("treegate.arch")
     if arch_of_commit and arch_of_commit != target.arch.name:
-        from harness.errors import UserError
-
         raise UserError(f"{rev} is a {arch_of_commit} commit, not {target.arch.name}")
     with log.nested(f"image of {commit.short} ({target.arch.name}, {target.layout.name})"):
         return build_image(
@@ -182,12 +181,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
         try:
             config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}")
             vm = QemuVM(image.path, config)
-            guest = Guest(
-                vm,
-                client_key=target.state.key,
-                host_key=image.host_key,
-                timeout_scale=_scale(target, accel),
-            )
+            guest = _guest(target, image, vm, accel)
             try:
                 with log.nested(f"booting {image.commit[:12]} once to save it ready"):
                     vm.start()
@@ -220,6 +214,15 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
 def _qemu_version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.split("\n", 1)[0]
+
+
+def _guest(target: Target, image: Image, vm: QemuVM, accel: Accel) -> Guest:
+    return Guest(
+        vm,
+        client_key=target.state.key,
+        host_key=image.host_key,
+        timeout_scale=_scale(target, accel),
+    )
 
 
 def _scale(target: Target, accel: Accel) -> float:
@@ -255,12 +258,7 @@ def booted(
         )
     else:
         vm = QemuVM(image.path, _machine_config(target, image, accel, name))
-    guest = Guest(
-        vm,
-        client_key=target.state.key,
-        host_key=image.host_key,
-        timeout_scale=_scale(target, accel),
-    )
+    guest = _guest(target, image, vm, accel)
     try:
         how = "restoring" if restore else "booting"
         with log.nested(f"{how} {name} ({target.arch.name}, {accel.value})"):

@@ -183,6 +183,9 @@ class Guest:
                 chunks.append(data)
             status = chan.recv_exit_status()
             chan.close()
+            if status == -1:
+                # No exit status at all: the connection (or the machine) went away.
+                raise EOFError("the channel closed without an exit status")
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             self._check_alive()
@@ -260,7 +263,12 @@ class Guest:
         return self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
 
     def reboot(self) -> None:
-        """Reboot through systemd and wait for SSH; fail if the machine did not really reboot."""
+        """Reboot through systemd and wait for the new boot; fail if it never came.
+
+        Proof is the kernel's boot id: right after ``systemctl reboot`` the old system may
+        still accept an SSH connection while it shuts down, so the wait ends only when a
+        connection answers with a different boot id (kola's ``WaitForReboot``).
+        """
         with log.nested(f"rebooting {self.name}"):
             before = self.boot_id()
             self.console.mark()
@@ -268,10 +276,45 @@ class Guest:
             with contextlib.suppress(InfraError):
                 self.execute("systemctl reboot", timeout=30)
             self.close()
-            self.wait_for_ssh()
-            after = self.boot_id()
-            if after == before:
-                raise TreeFailure(f"machine {self.name} did not reboot (boot id unchanged)")
+            seen_old = False
+
+            def came_back(_last: bool) -> bool:
+                nonlocal seen_old
+                self._check_alive()
+                if self.console.wait_text_seen(_SSHD_FAILED):
+                    raise BootFailure(
+                        f"{self.name}: sshd failed to start", console_tail=self.console.tail()
+                    )
+                client = self._connect_once()
+                if client is None:
+                    return False
+                self._client = client
+                try:
+                    status, out = self.execute("cat /proc/sys/kernel/random/boot_id", timeout=30)
+                except InfraError:
+                    status, out = -1, ""  # the old system went down under the connection
+                if status == 0 and out.strip() and out.strip() != before:
+                    return True
+                seen_old = seen_old or out.strip() == before
+                self.close()
+                return False
+
+            def timed_out(message: str) -> Exception:
+                if seen_old:
+                    return TreeFailure(
+                        f"machine {self.name} did not reboot (boot id unchanged): {message}"
+                    )
+                return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
+
+            retry(
+                came_back,
+                self.boot_timeout,
+                interval=0.2,
+                max_interval=1.0,
+                what="the machine to come back with a new boot id",
+                on_timeout=timed_out,
+            )
+            self.boot_count += 1
 
     # -- ostree --------------------------------------------------------------------------
     def deployments(self) -> list[Deployment]:

@@ -317,7 +317,7 @@ _GRUB_SERIAL = "serial --unit=0 --speed=115200\nterminal_output serial\n"
 _GRUB_EFI = {"aarch64": ("arm64-efi", "BOOTAA64.EFI"), "x86_64": ("x86_64-efi", "BOOTX64.EFI")}
 """GRUB's platform and the removable-media loader name, per arch."""
 
-_GRUB_EFI_MODULES = [
+_GRUB_MODULES = [
     "part_gpt",
     "ext2",
     "normal",
@@ -328,6 +328,7 @@ _GRUB_EFI_MODULES = [
     "echo",
     "test",
 ]
+"""Built into every GRUB image: GPT, ext4 /boot, and the syslinux configuration parser."""
 
 
 def _install_grub_efi(
@@ -370,7 +371,7 @@ def _install_grub_efi(
             str(efi),
             "-p",
             f"(hd0,gpt{layout.index('boot')})/grub",
-            *_GRUB_EFI_MODULES,
+            *_GRUB_MODULES,
         ]
     )
     shutil.rmtree(modules)
@@ -394,21 +395,7 @@ def _install_grub_efi(
     efi.unlink()
 
 
-_GRUB_BIOS_MODULES = [
-    "biosdisk",
-    "part_gpt",
-    "ext2",
-    "normal",
-    "configfile",
-    "syslinuxcfg",
-    "linux",
-    "linux16",
-    "boot",
-    "echo",
-    "test",
-    "serial",
-    "terminal",
-]
+_GRUB_BIOS_MODULES = [*_GRUB_MODULES, "biosdisk", "linux16", "serial", "terminal"]
 
 
 def _install_grub_bios(disk: Path, layout: Layout) -> None:

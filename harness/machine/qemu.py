@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness.accel import Accel
@@ -333,9 +334,14 @@ class QemuVM:
         """Run a QMP command and return its result; an error if QEMU is gone."""
         if self._qmp is None or not self.is_running():
             raise InfraError(f"machine {self.name} is not running: {self.exit_reason()}")
-        return self._qmp.cmd(command, **args)
+        try:
+            return self._qmp.cmd(command, **args)
+        except ExecuteError as exc:
+            raise InfraError(f"QMP {command} failed on {self.name}: {exc}") from None
 
     def screenshot(self, path: Path) -> Path:
+        if not self._display_args():
+            raise InfraError(f"machine {self.name} has no display to take a screenshot of")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.qmp("screendump", filename=str(path), format="png")
         return path

@@ -17,7 +17,12 @@ def commit_tree(repo: Repo, tmp: Path, ref: str, content: str, version: str) -> 
     tree = tmp / f"tree-{version}"
     (tree / "usr").mkdir(parents=True)
     (tree / "usr" / "content").write_text(content)
-    return repo.commit(tree, ref, subject=f"v{version}", metadata={"version": version, "k": "it's", "j": '{"a": "b"}'})
+    return repo.commit(
+        tree,
+        ref,
+        subject=f"v{version}",
+        metadata={"version": version, "k": "it's", "j": '{"a": "b"}'},
+    )
 
 
 @pytest.fixture
