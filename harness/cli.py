@@ -337,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser(
-        "ssh", help="open a shell (or run a command) on a machine started by treegate boot"
+        "ssh",
+        help="open a shell (or run a command) on a machine started by treegate boot",
+        description="Options come before NAME: everything after NAME is the command to run.",
     )
     p.add_argument("name", nargs="?", help="machine name (default: the only running one)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command to run instead of a shell")

@@ -70,9 +70,9 @@ def test_boot_then_ssh_then_sigterm_leaves_nothing(
                 "-m",
                 "harness.cli",
                 "ssh",
-                name,
-                "--state-dir",
+                "--state-dir",  # options before the name: what follows it is the remote command
                 str(harness.state.root),
+                name,
                 "ostree",
                 "admin",
                 "status",

@@ -1,0 +1,71 @@
+"""Compose logic that needs no mmdebstrap: apt sources, tree paths, unit links, layering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.compose import _parse_deb822, _parse_one_line, _tree_path, _wanted_by
+from harness.definition import load_definition
+from harness.errors import UserError
+
+TREES = Path(__file__).resolve().parents[2] / "fixtures" / "trees"
+
+DEB822 = """\
+Types: deb
+# a comment
+URIs: http://127.0.0.1:3142/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://127.0.0.1:3142/debian
+Suites: bookworm
+Components: main
+"""
+
+
+def test_deb822_stanzas_are_read() -> None:
+    stanzas = _parse_deb822(DEB822)
+    assert len(stanzas) == 2
+    assert stanzas[0]["Suites"] == "bookworm bookworm-updates"
+    assert stanzas[0]["Signed-By"].endswith("debian-archive-keyring.gpg")
+
+
+def test_one_line_sources_with_options() -> None:
+    text = "deb [arch=amd64 signed-by=/k.gpg] http://127.0.0.1:3142/debian bookworm main contrib\n# deb x y\n"
+    (stanza,) = _parse_one_line(text)
+    assert stanza["URIs"] == "http://127.0.0.1:3142/debian"
+    assert stanza["Suites"] == "bookworm" and stanza["Components"] == "main contrib"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/etc/hostname", "usr/etc/hostname"),
+        ("/etc", "usr/etc"),
+        ("/usr/lib/x", "usr/lib/x"),
+        ("/etcetera/x", "etcetera/x"),
+    ],
+)
+def test_etc_lives_in_usr_etc(path: str, expected: str) -> None:
+    assert _tree_path(path) == expected
+
+
+def test_wanted_by_reads_the_install_section() -> None:
+    unit = (
+        "[Unit]\nWantedBy=not-this.target\n[Install]\nWantedBy=multi-user.target sockets.target\n"
+    )
+    assert _wanted_by(unit) == ["multi-user.target", "sockets.target"]
+    with pytest.raises(UserError):
+        _wanted_by("[Unit]\nDescription=x\n")
+
+
+def test_which_fixtures_are_layers() -> None:
+    layered = {p.stem for p in TREES.glob("*.toml") if load_definition(p).layers_on_parent()}
+    # Only files and units added: composed in seconds on top of the parent's commit.
+    assert {"broken-init", "failing-unit", "sshd-broken", "docker-broken", "docker-v2"} <= layered
+    # New packages need a full compose.
+    assert "minimal-v2" not in layered and "docker" not in layered and "minimal" not in layered
