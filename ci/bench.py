@@ -2,7 +2,8 @@
 
 Keys (seconds): image.cold, image.cached, x86_64.boot_to_ssh (QEMU start through SeaBIOS,
 GRUB, kernel and systemd to SSH answering), x86_64.restore_to_ssh (QEMU start from the saved
-ready state to SSH answering, clock set).  Run by ``ci/bench``.
+ready state to SSH answering, clock set), overhead.per_test (a trivial check as a treegate
+test on an already booted machine, minus the same check over plain ssh).  Run by ``ci/bench``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from harness import log
 from harness.arch import get_arch
-from harness.boot import Target, booted, image_for
+from harness.boot import Target, booted, image_for, ssh_command
 from harness.compose import compose
 from harness.definition import load_definition
 from harness.image import build_image
@@ -35,18 +37,79 @@ def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     return statistics.median(samples), samples
 
 
+TRIVIAL_SUITE = """
+import pytest
+
+pytestmark = pytest.mark.vm
+
+@pytest.mark.parametrize("n", range({count}))
+def test_trivial(shared_machine, n):
+    shared_machine.succeed("true")
+"""
+
+
+def overhead_per_test(state: State, repo: Repo, runs: int) -> tuple[float, list[float]]:
+    """Per test: a trivial check as a treegate test (pytest item, fixtures, one shared machine
+    already booted) minus the same check as plain ``ssh … true`` on an already booted machine."""
+    count = max(6, runs * 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = Path(tmp) / "test_trivial.py"
+        suite.write_text(TRIVIAL_SUITE.format(count=count))
+        results = Path(tmp) / "results.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(suite),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--state-dir",
+                str(state.root),
+                "--treegate-results",
+                str(results),
+                "--rootdir",
+                str(ROOT),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        # The first item also starts the shared machine: only the others are per-test cost.
+        items = [r["duration"] for r in json.loads(results.read_text())[1:]]
+    with serve(repo) as port:
+        target = Target.create(state, repo, "x86_64", repo_port=port)
+        image = image_for(target, "treegate/bookworm/x86_64/minimal")
+        with booted(target, image, name="bench-ssh", restore=True) as machine:
+            ssh = ssh_command(state, machine.vm.ssh_port, image.host_key, machine.vm.workdir)
+            plain = []
+            for _ in range(count - 1):
+                start = time.monotonic()
+                subprocess.run(
+                    [*ssh, "-o", "BatchMode=yes", "true"], check=True, capture_output=True
+                )
+                plain.append(time.monotonic() - start)
+    per_test = [item - statistics.median(plain) for item in items]
+    return statistics.median(per_test), per_test
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="write the medians as JSON here")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per figure (default 3)")
-    parser.add_argument("--state-dir", default=".treegate", help="state directory (caches are shared)")
+    parser.add_argument(
+        "--state-dir", default=".treegate", help="state directory (caches are shared)"
+    )
     args = parser.parse_args()
     log.setup(0)
     state = State.at(args.state_dir)
     repo = Repo(state.root / "fixtures-repo")
     repo.init()
     arch = get_arch("x86_64")
-    result = compose(load_definition(ROOT / "fixtures/trees/minimal.toml"), arch, repo, workdir=state.tmp)
+    result = compose(
+        load_definition(ROOT / "fixtures/trees/minimal.toml"), arch, repo, workdir=state.tmp
+    )
     figures: dict[str, float] = {}
     detail: dict[str, list[float]] = {}
 
@@ -57,8 +120,15 @@ def main() -> int:
         def cold() -> float:
             with tempfile.TemporaryDirectory(dir=state.tmp) as cache:
                 start = time.monotonic()
-                build_image(repo, commit, ref=result.ref, arch=arch, layout=target.layout,
-                            client_key=target.client_key, cache_dir=Path(cache))
+                build_image(
+                    repo,
+                    commit,
+                    ref=result.ref,
+                    arch=arch,
+                    layout=target.layout,
+                    client_key=target.client_key,
+                    cache_dir=Path(cache),
+                )
                 return time.monotonic() - start
 
         figures["image.cold"], detail["image.cold"] = median_of(args.runs, cold)
@@ -86,15 +156,25 @@ def main() -> int:
             with booted(target, image, name="bench", restore=True):
                 return time.monotonic() - start
 
-        figures["x86_64.restore_to_ssh"], detail["x86_64.restore_to_ssh"] = median_of(args.runs, restore)
+        figures["x86_64.restore_to_ssh"], detail["x86_64.restore_to_ssh"] = median_of(
+            args.runs, restore
+        )
 
-    print(f"treegate benchmark on {platform.node()} ({platform.machine()}, "
-          f"{os.cpu_count()} cores), medians of {args.runs}+ runs:")
+    figures["overhead.per_test"], detail["overhead.per_test"] = overhead_per_test(
+        state, repo, args.runs
+    )
+
+    print(
+        f"treegate benchmark on {platform.node()} ({platform.machine()}, "
+        f"{os.cpu_count()} cores), medians of {args.runs}+ runs:"
+    )
     for key, value in figures.items():
         samples = ", ".join(f"{s:.2f}" for s in detail[key])
         print(f"  {key:24} {value:8.2f} s   ({samples})")
     if args.out:
-        Path(args.out).write_text(json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=1) + "\n"
+        )
         print(f"written to {args.out}")
     return 0
 
