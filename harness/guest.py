@@ -166,7 +166,9 @@ class Guest:
                 raise EOFError("SSH transport closed")
             chan = transport.open_session(timeout=30)
             chan.set_combine_stderr(True)
-            chan.settimeout(limit)
+            # Short receive timeouts are polling ticks: the deadline below decides, and a silent
+            # command past it is the guest's timeout, not a lost connection.
+            chan.settimeout(1.0)
             chan.exec_command(command)
             chunks: list[bytes] = []
             deadline = time.monotonic() + limit
@@ -177,7 +179,11 @@ class Guest:
                         f"command {command!r} did not finish within {limit:.0f} s",
                         console_tail=self.console.tail(10),
                     )
-                data = chan.recv(65536)
+                try:
+                    data = chan.recv(65536)
+                except TimeoutError:
+                    self._check_alive()
+                    continue
                 if not data:
                     break
                 chunks.append(data)

@@ -1,0 +1,42 @@
+"""The guest API on a real machine: command outcomes, timeouts and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import GuestCommandFailed, GuestTimeout
+from harness.guest import Guest
+
+pytestmark = pytest.mark.vm
+
+
+def test_succeed_fail_and_their_failures(machine: Guest) -> None:
+    assert machine.succeed("echo out; echo err >&2") == "out\nerr\n"
+    assert "No such file" in machine.fail("ls /nonexistent")
+    with pytest.raises(GuestCommandFailed) as caught:
+        machine.succeed("exit 3")
+    assert caught.value.status == 3
+    with pytest.raises(GuestCommandFailed):
+        machine.fail("true")
+
+
+def test_a_command_past_its_timeout_is_a_guest_timeout_and_the_connection_survives(
+    machine: Guest,
+) -> None:
+    with pytest.raises(GuestTimeout, match="did not finish within"):
+        machine.execute("sleep 60", timeout=2)
+    assert machine.succeed("echo still here").strip() == "still here"
+
+
+def test_files_go_both_ways_and_waits_work(machine: Guest, tmp_path: Path) -> None:
+    local = tmp_path / "payload"
+    local.write_bytes(bytes(range(256)) * 64)
+    machine.put_file(local, "/var/tmp/payload")
+    back = machine.get_file("/var/tmp/payload", tmp_path / "back")
+    assert back.read_bytes() == local.read_bytes()
+    machine.wait_for_unit("ssh.service")
+    machine.wait_for_open_port(22)
+    journal = machine.journal(tmp_path / "journal.txt").read_text()
+    assert "Linux version" in journal  # this boot's journal, from the kernel's first line on
