@@ -65,7 +65,7 @@ def choose_accel(
     reason = Accel.kvm_unusable_reason(arch)
     if reason is not None:
         return Accel.tcg, f"TCG: {reason}"
-    key = f"{platform.node()}|{os.uname().release}|{_qemu_version(arch)}|{arch.name}"
+    key = f"{platform.node()}|{os.uname().release}|{qemu_version(arch.qemu_binary)}|{arch.name}"
     results = _load(cache)
     if key not in results:
         ok, detail = probe_kvm(arch, kernel)
@@ -131,11 +131,11 @@ def probe_kvm(arch: Arch, kernel: Path) -> tuple[bool, str]:
             proc.wait()
 
 
-def _qemu_version(arch: Arch) -> str:
+def qemu_version(binary: str) -> str:
+    """The first line of ``binary --version`` ("missing" when it is not installed): part of
+    every cache key that a different QEMU would invalidate."""
     try:
-        out = subprocess.run(
-            [arch.qemu_binary, "--version"], capture_output=True, text=True, check=False
-        )
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.split("\n", 1)[0]
     except FileNotFoundError:
         return "missing"

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import log
-from harness.accel import Accel, choose_accel
+from harness.accel import Accel, choose_accel, qemu_version
 from harness.arch import Arch, get_arch
 from harness.errors import UserError
 from harness.guest import Guest
@@ -162,7 +161,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                 accel.value,
                 target.memory_mib,
                 target.arch.smp,
-                _qemu_version(target.arch.qemu_binary),
+                qemu_version(target.arch.qemu_binary),
                 SNAPSHOT_RECIPE,
             ]
         ).encode()
@@ -209,11 +208,6 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
             shutil.rmtree(build, ignore_errors=True)
             raise
     return final
-
-
-def _qemu_version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.split("\n", 1)[0]
 
 
 def _guest(target: Target, image: Image, vm: QemuVM, accel: Accel) -> Guest:

@@ -407,6 +407,17 @@ def _run_suites(
             )
         ]
     out = []
+    if code not in (0, 1):
+        # Interrupted, internal error or usage error: whatever results exist prove nothing.
+        out.append(
+            CaseResult(
+                nodeid="pytest",
+                arch=arch,
+                outcome="error",
+                duration=0.0,
+                message=f"pytest exited {code}",
+            )
+        )
     for r in raw:
         reproduce = ""
         if r["outcome"] in ("failed", "error"):
