@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import shlex
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +90,11 @@ class Guest:
                 f"machine {self.name} stopped: {self.vm.exit_reason()}", hint="see the console log"
             )
 
-    def _connect_once(self) -> paramiko.SSHClient | None:
+    def _connect_once(self, greeting: _Greeting) -> paramiko.SSHClient | None:
+        """One connection attempt: SSH on the first connection sshd has greeted, if any yet."""
+        sock = greeting.poll(0.5)
+        if sock is None:
+            return None
         client = paramiko.SSHClient()
         client.get_host_keys().add(f"[127.0.0.1]:{self.vm.ssh_port}", "ssh-ed25519", self._host_key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -100,6 +106,7 @@ class Guest:
                 pkey=self._pkey,
                 allow_agent=False,
                 look_for_keys=False,
+                sock=sock,
                 timeout=5,
                 banner_timeout=10,
                 auth_timeout=10,
@@ -109,6 +116,7 @@ class Guest:
             raise TreeFailure(f"machine {self.name} presented an unexpected SSH host key") from exc
         except (paramiko.SSHException, OSError, EOFError):
             client.close()
+            sock.close()
             return None
         transport = client.get_transport()
         if transport is not None:
@@ -120,6 +128,7 @@ class Guest:
         """Wait until the machine answers SSH; fail early on a console failure or a dead VM."""
         limit = timeout if timeout is not None else self.boot_timeout
         with log.nested(f"waiting for SSH on {self.name}"):
+            greeting = _Greeting(self.vm.ssh_port)
 
             def attempt(_last: bool) -> paramiko.SSHClient | None:
                 self._check_alive()
@@ -128,19 +137,20 @@ class Guest:
                     raise BootFailure(
                         f"{self.name}: sshd failed to start", console_tail=self.console.tail()
                     )
-                return self._connect_once()
+                return self._connect_once(greeting)
 
             def timed_out(message: str) -> Exception:
                 return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
 
-            self._client = retry(
-                attempt,
-                limit,
-                interval=0.1,
-                max_interval=0.5,
-                what="SSH to answer",
-                on_timeout=timed_out,
-            )
+            with contextlib.closing(greeting):
+                self._client = retry(
+                    attempt,
+                    limit,
+                    interval=0.05,
+                    max_interval=0.05,
+                    what="SSH to answer",
+                    on_timeout=timed_out,
+                )
             self.boot_count += 1
 
     def close(self) -> None:
@@ -283,6 +293,7 @@ class Guest:
                 self.execute("systemctl reboot", timeout=30)
             self.close()
             seen_old = False
+            greeting = _Greeting(self.vm.ssh_port)
 
             def came_back(_last: bool) -> bool:
                 nonlocal seen_old
@@ -291,7 +302,7 @@ class Guest:
                     raise BootFailure(
                         f"{self.name}: sshd failed to start", console_tail=self.console.tail()
                     )
-                client = self._connect_once()
+                client = self._connect_once(greeting)
                 if client is None:
                     return False
                 self._client = client
@@ -312,14 +323,15 @@ class Guest:
                     )
                 return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
 
-            retry(
-                came_back,
-                self.boot_timeout,
-                interval=0.2,
-                max_interval=1.0,
-                what="the machine to come back with a new boot id",
-                on_timeout=timed_out,
-            )
+            with contextlib.closing(greeting):
+                retry(
+                    came_back,
+                    self.boot_timeout,
+                    interval=0.05,
+                    max_interval=0.05,
+                    what="the machine to come back with a new boot id",
+                    on_timeout=timed_out,
+                )
             self.boot_count += 1
 
     # -- ostree --------------------------------------------------------------------------
@@ -452,6 +464,53 @@ def parse_admin_status(text: str) -> list[Deployment]:
     if current:
         out.append(Deployment(**current))  # type: ignore[arg-type]
     return out
+
+
+class _Greeting:
+    """Finds a connection on which the guest's sshd has sent its greeting.
+
+    QEMU's user-mode network accepts a host connection at once and only then connects to the
+    guest; while the guest boots, slirp retransmits that SYN with a growing backoff, so one
+    connection that simply waits for the banner can sit seconds past the moment sshd starts.
+    Each poll therefore opens one more connection and watches the last few together: the first
+    to show ``SSH-`` wins (a slow sshd greets on an old one, a fresh one gets past the backoff).
+    The greeting is only peeked at, so paramiko reads it as usual.
+    """
+
+    KEEP = 6
+    """Connections watched at once; sshd's default MaxStartups is 10."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pending: list[socket.socket] = []
+
+    def poll(self, wait: float) -> socket.socket | None:
+        """Open one more connection; return the first greeted one within ``wait`` seconds."""
+        with contextlib.suppress(OSError):
+            self.pending.append(socket.create_connection(("127.0.0.1", self.port), timeout=wait))
+        while len(self.pending) > self.KEEP:
+            self.pending.pop(0).close()
+        if not self.pending:
+            return None
+        ready, _, _ = select.select(self.pending, [], [], wait)
+        for sock in ready:
+            try:
+                head = sock.recv(4, socket.MSG_PEEK)
+            except OSError:
+                head = b""
+            if head == b"SSH-":
+                self.pending.remove(sock)
+                sock.settimeout(None)
+                return sock
+            if not b"SSH-".startswith(head) or not head:  # closed, or not sshd
+                self.pending.remove(sock)
+                sock.close()
+        return None
+
+    def close(self) -> None:
+        for sock in self.pending:
+            sock.close()
+        self.pending.clear()
 
 
 def _b64(text: str) -> bytes:
