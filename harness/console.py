@@ -51,11 +51,13 @@ PATTERNS: tuple[ConsolePattern, ...] = (
     ConsolePattern(
         "rescue shell", re.compile(r"You are in rescue mode"), "systemd entered rescue mode"
     ),
-    # dracut's own emergency shell: the initramfs could not find or mount the root.
+    # The initramfs could not find or mount the root: treegate's own /init says why before it
+    # exits (then the kernel panics); dracut's stock initramfs drops to its emergency shell.
     ConsolePattern(
         "initramfs failure",
         re.compile(
-            r"Entering emergency mode\. Exit the shell to continue|dracut(?:-\w+)?(?:\[\d+\])?: FATAL:"
+            r"treegate-initramfs: "
+            r"|Entering emergency mode\. Exit the shell to continue|dracut(?:-\w+)?(?:\[\d+\])?: FATAL:"
             r"|Could not boot\.|Warning: /dev/\S+ does not exist"
         ),
         "the initramfs failed to mount the root filesystem",

@@ -6,7 +6,7 @@ A definition names a Debian suite, the packages, files and services of a tree::
     version = "1"
     packages = ["systemd", "openssh-server"]
     services = ["ssh.service"]
-    masked = ["e2scrub_reap.service"]
+    masked = ["e2scrub_reap.service", "systemd-sysv-generator"]
 
     [files."/etc/motd"]
     content = "hello\\n"
@@ -17,6 +17,8 @@ everything, its lists are appended to the parent's, its ``files`` are merged ove
 parent's, and its scalars override.  ``stream`` names the ref the tree is committed on
 (``treegate/<suite>/<arch>/<stream>``) and defaults to the definition's own file name, so a
 ``minimal-v2.toml`` that sets ``stream = "minimal"`` is a newer commit of the minimal tree.
+``masked`` names units, or systemd generators (names ending in ``-generator``), that the tree
+never runs.
 """
 
 from __future__ import annotations
