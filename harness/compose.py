@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,16 @@ def _layer(definition: Definition, parent: Definition, repo: Repo, base: str, tm
             link.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             os.symlink("/dev/null", link)
     return layer
+
+
+def excluded_suites(specs: Iterable[str], arch: str) -> tuple[str, ...]:
+    """The apt suites to leave out of composes for ``arch``, from ``[ARCH:]SUITE`` specs."""
+    out = []
+    for spec in specs:
+        only, _, suite = spec.rpartition(":")
+        if not only or only == arch:
+            out.append(suite)
+    return tuple(out)
 
 
 def mask_link(name: str) -> str:

@@ -44,7 +44,7 @@ import pytest
 from harness import log
 from harness.arch import ARCHES, get_arch
 from harness.boot import PROJECT_ROOT, Target, booted, image_for
-from harness.compose import compose
+from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
 from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError, UserError
 from harness.guest import Guest
@@ -178,12 +178,7 @@ class PluginOptions:
 
     def excluded_for(self, arch: str) -> tuple[str, ...]:
         """The apt suites to leave out of composes for ``arch``."""
-        out = []
-        for spec in self.exclude_suites:
-            only, _, suite = spec.rpartition(":")
-            if not only or only == arch:
-                out.append(suite)
-        return tuple(out)
+        return excluded_suites(self.exclude_suites, arch)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> PluginOptions:
