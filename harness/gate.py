@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.arch import get_arch
@@ -79,8 +79,22 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
+class ArchRefs:
+    """What one arch of a gate was about: its refs (``{arch}`` expanded) and commits."""
+
+    arch: str
+    candidate_ref: str
+    candidate: str
+    tested_ref: str
+    promotion_commit: str | None
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The gate's decision and everything that led to it."""
+    """The gate's decision and everything that led to it.
+
+    ``candidate`` and ``promotion_commit`` are the first arch's; ``per_arch`` has every arch's.
+    """
 
     decision: str
     reason: str
@@ -95,6 +109,7 @@ class Verdict:
     notes: tuple[str, ...] = field(default=())
     run_id: int = 0
     artifacts: str = ""
+    per_arch: tuple[ArchRefs, ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
@@ -114,6 +129,7 @@ class Verdict:
             "suites": list(self.suites),
             "notes": list(self.notes),
             "artifacts": self.artifacts,
+            "per_arch": [asdict(a) for a in self.per_arch],
             "results": [
                 {
                     "nodeid": r.nodeid,
@@ -266,7 +282,7 @@ def run_gate(config: GateConfig) -> Verdict:
             artifacts=str(run_dir),
         )
         results: list[CaseResult] = []
-        promotion: str | None = None
+        promotions: dict[str, str] = {}
         decision, reason = "interrupted", "interrupted"
         try:
             if not suites:
@@ -285,13 +301,13 @@ def run_gate(config: GateConfig) -> Verdict:
                     )
                 decision, reason = decide(results, [s.name for s in suites], config.arches)
             if decision == "promoted":
-                promotion = _promote(repo, config, candidates, tested_refs, suites, results)
+                promotions = _promote(repo, config, candidates, tested_refs, suites, results)
         finally:
             store.finish_run(
                 run_id,
                 decision=decision,
                 reason=reason,
-                promotion_commit=promotion,
+                promotion_commit=promotions.get(first_arch),
                 results=[
                     ResultRow(
                         r.nodeid, r.arch, r.suite, r.outcome, r.duration, r.message, r.reproduce
@@ -306,13 +322,23 @@ def run_gate(config: GateConfig) -> Verdict:
         candidate_ref=config.candidate_ref,
         tested_ref=config.tested_ref,
         candidate=candidates[first_arch].checksum,
-        promotion_commit=promotion,
+        promotion_commit=promotions.get(first_arch),
         arches=config.arches,
         suites=tuple(s.name for s in suites),
         results=tuple(results),
         notes=tuple(notes),
         run_id=run_id,
         artifacts=str(run_dir),
+        per_arch=tuple(
+            ArchRefs(
+                arch=a,
+                candidate_ref=expand(config.candidate_ref, a),
+                candidate=candidates[a].checksum,
+                tested_ref=tested_refs[a],
+                promotion_commit=promotions.get(a),
+            )
+            for a in config.arches
+        ),
     )
 
 
@@ -323,12 +349,13 @@ def _promote(
     tested_refs: dict[str, str],
     suites: Sequence[Suite],
     results: Sequence[CaseResult],
-) -> str:
-    last = ""
+) -> dict[str, str]:
+    """Promote every arch's candidate to its tested ref; the promotion commits by arch."""
+    promotions: dict[str, str] = {}
     for arch in config.arches:
         candidate = candidates[arch]
         outcomes = {r.nodeid: r.outcome for r in results if r.arch == arch}
-        last = repo.promote(
+        promotions[arch] = repo.promote(
             candidate,
             tested_refs[arch],
             subject=f"Promote {candidate.short} ({candidate.version or 'no version'}) from "
@@ -341,7 +368,7 @@ def _promote(
                 "treegate.outcomes": json.dumps(outcomes, sort_keys=True),
             },
         )
-    return last
+    return promotions
 
 
 def _run_suites(
@@ -455,10 +482,18 @@ def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
 
 def verdict_table(verdict: Verdict) -> str:
     """The verdict as the lines ``treegate gate`` prints."""
-    lines = [
-        f"{verdict.decision.upper()}: {verdict.candidate_ref} {verdict.candidate[:12]} → {verdict.tested_ref}",
-        f"  {verdict.reason}",
-    ]
+    if len(verdict.per_arch) > 1:
+        lines = [f"{verdict.decision.upper()}:"]
+        lines += [
+            f"  {a.arch:7} {a.candidate_ref} {a.candidate[:12]} → {a.tested_ref}"
+            for a in verdict.per_arch
+        ]
+    else:
+        lines = [
+            f"{verdict.decision.upper()}: {verdict.candidate_ref} {verdict.candidate[:12]} → "
+            f"{verdict.tested_ref}"
+        ]
+    lines.append(f"  {verdict.reason}")
     lines += [f"  note: {n}" for n in verdict.notes]
     for r in verdict.results:
         lines.append(f"  {r.outcome:8} {r.duration:6.1f}s  {r.arch:7} {r.nodeid}")
@@ -467,8 +502,9 @@ def verdict_table(verdict: Verdict) -> str:
     for r in verdict.results:
         if r.reproduce:
             lines.append(f"  reproduce: {r.reproduce}")
-    if verdict.promotion_commit:
-        lines.append(f"  promotion commit: {verdict.promotion_commit}")
+    for a in verdict.per_arch or ():
+        if a.promotion_commit:
+            lines.append(f"  promotion commit ({a.arch}): {a.promotion_commit}")
     lines.append(f"  logs: {verdict.artifacts}")
     return "\n".join(lines)
 

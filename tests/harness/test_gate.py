@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,20 @@ def gate(harness: Harness, tmp_path: Path, *args: str) -> tuple[int, dict[str, A
     return proc.returncode, data, proc.stdout + proc.stderr
 
 
-def seeded_tested_ref(harness: Harness, arch: str, good: Commit) -> str:
+@pytest.fixture
+def scratch_refs(harness: Harness) -> Iterator[list[str]]:
+    """Refs a test creates in the shared fixtures repo (append them): deleted afterwards."""
+    refs: list[str] = []
+    yield refs
+    for ref in refs:
+        if harness.repo.try_resolve(ref) is not None:
+            harness.repo.delete_ref(ref)
+
+
+def seeded_tested_ref(harness: Harness, arch: str, good: Commit, refs: list[str]) -> str:
     """A fresh tested ref whose commit is ``good`` (as an earlier gate would have left it)."""
     ref = f"treegate-test/{arch}/tested-{uuid.uuid4().hex[:8]}"
+    refs.append(ref)
     harness.repo.promote(
         good, ref, subject="seeded by the test", metadata={"treegate.candidate": good.checksum}
     )
@@ -72,9 +84,12 @@ def assert_rejected_as_failed(code: int, verdict: dict[str, Any], output: str) -
         assert "--repo" in argv and "--commit" in argv and "--arch" in argv
 
 
-def test_good_candidate_is_promoted(harness: Harness, arch: str, tmp_path: Path) -> None:
+def test_good_candidate_is_promoted(
+    harness: Harness, arch: str, tmp_path: Path, scratch_refs: list[str]
+) -> None:
     v2 = harness.fixture_commit("minimal-v2", arch)
     tested = f"treegate-test/{arch}/tested-{uuid.uuid4().hex[:8]}"
+    scratch_refs.append(tested)
     assert v2.ref is not None
     # Default suites: the first commit of a stream is gated without upgrade and rollback.
     args = ["--ref", v2.ref, "--promote-to", tested, "--arch", arch]
@@ -101,9 +116,15 @@ def test_good_candidate_is_promoted(harness: Harness, arch: str, tmp_path: Path)
     ],
 )
 def test_broken_candidate_is_rejected_and_tested_ref_untouched(
-    harness: Harness, arch: str, tmp_path: Path, tree: str, good: str, suite: str
+    harness: Harness,
+    arch: str,
+    tmp_path: Path,
+    scratch_refs: list[str],
+    tree: str,
+    good: str,
+    suite: str,
 ) -> None:
-    tested = seeded_tested_ref(harness, arch, harness.fixture_commit(good, arch))
+    tested = seeded_tested_ref(harness, arch, harness.fixture_commit(good, arch), scratch_refs)
     before = harness.repo.resolve(tested).checksum
     broken = harness.fixture_commit(tree, arch)
     assert broken.ref is not None
@@ -121,3 +142,40 @@ def test_broken_candidate_is_rejected_and_tested_ref_untouched(
     )
     assert_rejected_as_failed(code, verdict, output)
     assert harness.repo.resolve(tested).checksum == before
+
+
+def test_every_arch_must_pass_before_any_is_promoted(
+    harness: Harness, tmp_path: Path, scratch_refs: list[str]
+) -> None:
+    """One gate over two arches: a candidate broken on the second arch only is rejected and
+    neither tested ref moves; once both are good, both are promoted in one run."""
+    if len(harness.options.arches) < 2:
+        pytest.skip("needs two arches (pass --arch twice, as ci/test's ARM stage does)")
+    first, second = harness.options.arches[:2]
+    good = {a: harness.fixture_commit("minimal", a) for a in (first, second)}
+    broken = harness.fixture_commit("broken-init", second)
+    run = uuid.uuid4().hex[:8]
+    candidate, tested = f"treegate-test/{{arch}}/cand-{run}", f"treegate-test/{{arch}}/tested-{run}"
+    for a in (first, second):
+        scratch_refs += [candidate.format(arch=a), tested.format(arch=a)]
+    harness.repo.set_ref(candidate.format(arch=first), good[first].checksum)
+    harness.repo.set_ref(candidate.format(arch=second), broken.checksum)
+    args = ["--ref", candidate, "--promote-to", tested, "--arch", first, "--arch", second]
+    args += ["--suite", "smoke"]
+
+    code, verdict, output = gate(harness, tmp_path, *args)
+    assert_rejected_as_failed(code, verdict, output)
+    assert {r["arch"] for r in verdict["results"] if r["outcome"] == "failed"} == {second}
+    assert all(r["outcome"] == "passed" for r in verdict["results"] if r["arch"] == first)
+    for a in (first, second):
+        assert harness.repo.try_resolve(tested.format(arch=a)) is None, output
+
+    harness.repo.set_ref(candidate.format(arch=second), good[second].checksum)
+    code, verdict, output = gate(harness, tmp_path, *args)
+    assert code == 0, output
+    by_arch = {p["arch"]: p for p in verdict["per_arch"]}
+    for a in (first, second):
+        promoted = harness.repo.resolve(tested.format(arch=a))
+        assert promoted.checksum == by_arch[a]["promotion_commit"]
+        assert promoted.metadata["treegate.candidate"] == good[a].checksum
+        assert promoted.metadata["treegate.arches"] == f"{first},{second}"
