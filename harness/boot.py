@@ -211,12 +211,14 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
 
 
 def _guest(target: Target, image: Image, vm: QemuVM, accel: Accel) -> Guest:
-    return Guest(
+    guest = Guest(
         vm,
         client_key=target.state.key,
         host_key=image.host_key,
         timeout_scale=_scale(target, accel),
     )
+    guest.image_commit = image.commit
+    return guest
 
 
 def _scale(target: Target, accel: Accel) -> float:

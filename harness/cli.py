@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import log
 from harness.arch import ARCHES, get_arch
-from harness.boot import Target
+from harness.boot import PROJECT_ROOT, Target
 from harness.errors import InfraError, TreeFailure, TreegateError, UserError
 from harness.state import State
 from harness.suites import SUITES
@@ -201,6 +201,22 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build
+    from harness.store import Store
+
+    state = State.at(args.state_dir)
+    index = build(
+        Path(args.results),
+        Path(args.out),
+        store=Store(state.root / "treegate.db"),
+        allure=PROJECT_ROOT / "node_modules" / ".bin" / "allure",
+        history=args.history,
+    )
+    print(f"report: {index}")
+    return 0
+
+
 def _add_target(p: argparse.ArgumentParser, commit: bool = True) -> None:
     p.add_argument("--repo", required=True, help="OSTree repository holding the commit")
     if commit:
@@ -335,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser(
+        "report",
+        help="build the HTML report (allure, cross-arch matrix, trend) of a run's results",
+        description="Every pytest run of treegate's suites writes allure results (by default "
+        "under STATE_DIR/runs/RUN/allure-results; a gate's under its run directory).",
+    )
+    p.add_argument("--results", required=True, metavar="ALLURE_DIR", help="allure results")
+    p.add_argument("--out", required=True, metavar="HTML_DIR", help="where to write the report")
+    p.add_argument(
+        "--history", type=int, default=10, metavar="N", help="report runs in the trend (10)"
+    )
+    _add_common(p)
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
         "ssh",

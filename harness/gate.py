@@ -412,6 +412,8 @@ def _run_suites(
         "--treegate-results",
         str(results_file),
         f"--junitxml={run_dir / 'junit.xml'}",
+        # Every arch's results in one allure directory: one report for the whole gate.
+        f"--alluredir={run_dir.parent / 'allure-results'}",
         "-p",
         "no:cacheprovider",
         "-q",
@@ -506,6 +508,9 @@ def verdict_table(verdict: Verdict) -> str:
         if a.promotion_commit:
             lines.append(f"  promotion commit ({a.arch}): {a.promotion_commit}")
     lines.append(f"  logs: {verdict.artifacts}")
+    lines.append(
+        f"  report: treegate report --results {verdict.artifacts}/allure-results --out REPORT_DIR"
+    )
     return "\n".join(lines)
 
 

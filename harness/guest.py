@@ -77,6 +77,8 @@ class Guest:
         self.host_key_line = host_key
         self._client: paramiko.SSHClient | None = None
         self.boot_count = 0
+        self.image_commit = ""
+        """The commit the machine's image was built from (what it booted first)."""
 
     def __repr__(self) -> str:
         return f"<Guest {self.name} port {self.vm.ssh_port}>"

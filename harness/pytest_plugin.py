@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import allure
 import pytest
 
 from harness import log
@@ -52,6 +54,7 @@ from harness.image import Image
 from harness.repo import Commit, Repo, serve
 from harness.state import State
 from harness.suites import FEATURES, has_feature
+from harness.treediff import tree_diff
 
 FIXTURE_TREES = PROJECT_ROOT / "fixtures" / "trees"
 DEFAULT_CANDIDATE = "minimal-v2"
@@ -137,7 +140,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        # One run id for the controller and every pytest-xdist worker it starts.
+        os.environ.setdefault("TREEGATE_RUN_ID", time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid()))
+        if getattr(config.option, "allure_report_dir", "unset") is None:
+            # Every run writes allure results (runs/<run>/allure-results) unless --alluredir
+            # says where; allure-pytest reads the option in its own pytest_configure, later.
+            state = State.at(config.getoption("tg_state"))
+            run_dir = state.runs / os.environ["TREEGATE_RUN_ID"]
+            config.option.allure_report_dir = str(run_dir / "allure-results")
     config.addinivalue_line(
         "markers", "vm: boots real virtual machines (deselect with -m 'not vm')"
     )
@@ -331,8 +344,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             repo.init()
     except TreegateError as exc:
         pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
-    run_id = os.environ.get("TREEGATE_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid())
-    run_dir = state.runs / run_id
+    run_dir = state.runs / os.environ["TREEGATE_RUN_ID"]
     with serve(repo) as port:
         yield Harness(
             options, state, repo, composed=not options.repo, run_dir=run_dir, repo_port=port
@@ -358,7 +370,14 @@ def _needed_feature(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 def candidate(harness: Harness, arch: str, request: pytest.FixtureRequest) -> Commit:
     """The commit under test for ``arch``."""
-    return harness.candidate(arch, _needed_feature(request))
+    commit = harness.candidate(arch, _needed_feature(request))
+    # Report parameters; the commit changes from run to run, so it is not part of the test's
+    # identity in the report's history.
+    allure.dynamic.parameter("tree", commit.metadata.get("treegate.definition", "?"))
+    allure.dynamic.parameter("ref", commit.ref or "")
+    allure.dynamic.parameter("commit", commit.checksum, excluded=True)
+    allure.dynamic.parameter("backend", "qemu")
+    return commit
 
 
 @pytest.fixture
@@ -381,6 +400,14 @@ def baseline_machine(
 
     ``machine.upgrade(to=candidate.checksum)`` then moves it to the candidate.
     """
+    name = _machine_name(request.node.nodeid)
+    diff = tree_diff(harness.repo, baseline.checksum, candidate.checksum)
+    text = diff.text(baseline.checksum, candidate.checksum)
+    (harness.run_dir / name).mkdir(parents=True, exist_ok=True)
+    (harness.run_dir / name / "tree-diff.txt").write_text(text)
+    allure.attach(
+        text, name="tree diff (baseline → candidate)", attachment_type=allure.attachment_type.TEXT
+    )
     image = harness.image(baseline.checksum, arch, ref=candidate.ref)
     yield from _booted_for_test(harness, image, request)
 
@@ -411,16 +438,46 @@ def _booted_for_test(
 ) -> Iterator[Guest]:
     name = _machine_name(request.node.nodeid)
     cold = harness.options.cold_boot or request.node.get_closest_marker("cold_boot") is not None
-    with harness.boot(image, name=name, restore=not cold) as guest:
-        yield guest
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed and guest.vm.is_running():
-            with contextlib.suppress(TreegateError):
-                guest.journal(harness.run_dir / name / "journal.txt")
-            with contextlib.suppress(TreegateError):
-                guest.screenshot(harness.run_dir / name / "screen.png")
-            if harness.options.keep_vm:
-                _keep(guest, request)
+    artifacts = harness.run_dir / name
+    try:
+        with harness.boot(image, name=name, restore=not cold) as guest:
+            yield guest
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed and guest.vm.is_running():
+                _capture_failure(guest, artifacts)
+                if harness.options.keep_vm:
+                    _keep(guest, request)
+    finally:
+        _attach_artifacts(artifacts)
+
+
+def _capture_failure(guest: Guest, artifacts: Path) -> None:
+    """Keep what a developer reads first about a failed test's machine, still running."""
+    with contextlib.suppress(TreegateError):
+        guest.screenshot(artifacts / "screen.png")
+    with contextlib.suppress(TreegateError):
+        guest.journal(artifacts / "journal.txt")
+    with contextlib.suppress(TreegateError):
+        _, status = guest.execute("ostree admin status", timeout=60)
+        (artifacts / "ostree-admin-status.txt").write_text(status)
+
+
+_ATTACHMENT_TYPES = {
+    ".log": allure.attachment_type.TEXT,
+    ".txt": allure.attachment_type.TEXT,
+    ".png": allure.attachment_type.PNG,
+}
+
+
+def _attach_artifacts(artifacts: Path) -> None:
+    """Attach a machine's kept files (console logs of every boot, and what
+    :func:`_capture_failure` saved) to the test's allure result."""
+    if not artifacts.is_dir():
+        return
+    for path in sorted(artifacts.iterdir()):
+        kind = _ATTACHMENT_TYPES.get(path.suffix)
+        if kind is not None and path.name != "tree-diff.txt":  # attached where it was made
+            allure.attach(path.read_bytes(), name=path.name, attachment_type=kind)
 
 
 def _keep(guest: Guest, request: pytest.FixtureRequest) -> None:
@@ -461,7 +518,9 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.hookimpl(hookwrapper=True)
+# trylast: the inner wrapper, so the report is rewritten before allure-pytest's wrapper reads
+# it (the first lines of a failure in the allure report are the summary below).
+@pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome: Any = yield
     report: pytest.TestReport = outcome.get_result()
@@ -481,6 +540,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         )
     if exc is not None and isinstance(exc, TreegateError):
         report.longrepr = _short_repr(report, exc)
+    if exc is not None and report.failed and report.when == "call":
+        report.longrepr = f"{_failure_summary(item, exc)}\n\n{report.longrepr}"
+
+
+_MACHINE_FIXTURES = ("machine", "baseline_machine", "shared_machine")
+
+
+def _failure_summary(item: pytest.Item, exc: BaseException) -> str:
+    """The first lines a release engineer reads about a failed test (in pytest's output and
+    the allure report): what failed, on which arch and commit, the command that reproduces it,
+    and the last console lines (a machine restored from its saved state has printed none)."""
+    funcargs = getattr(item, "funcargs", {})
+    callspec = getattr(item, "callspec", None)
+    arch = callspec.params.get("arch", "x86_64") if callspec is not None else "x86_64"
+    candidate = funcargs.get("candidate")
+    harness = funcargs.get("harness")
+    what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lines = [f"{item.name} failed on {arch}: {type(exc).__name__}: {what}"]
+    nodeid = item.nodeid if not item.nodeid.startswith("::") else f"{item.path}::{item.name}"
+    argv = ["pytest", nodeid, "--arch", arch]
+    guest = next((funcargs[f] for f in _MACHINE_FIXTURES if f in funcargs), None)
+    commit = candidate.checksum if isinstance(candidate, Commit) else ""
+    if not commit and isinstance(guest, Guest):
+        commit = guest.image_commit
+    if commit:
+        lines.append(f"commit: {commit}")
+        argv += ["--commit", commit]
+    if isinstance(harness, Harness) and harness.options.repo:
+        argv += ["--repo", str(harness.repo.path)]
+    lines.append(f"reproduce: {shlex.join(argv)}")
+    tail = getattr(exc, "console_tail", "")
+    if not tail and isinstance(guest, Guest):
+        with contextlib.suppress(OSError):
+            tail = guest.console.tail(15)
+    if tail:
+        lines += ["", "last console lines:", tail]
+    return "\n".join(lines)
 
 
 def _short_repr(report: pytest.TestReport, exc: TreegateError) -> str:

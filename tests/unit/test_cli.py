@@ -174,7 +174,9 @@ def test_unknown_layout(tmp_path: Path, repo: Path) -> None:
     assert_one_line_error(r, 2, "no disk layout 'floppy'")
 
 
-@pytest.mark.parametrize("command", ["compose", "image", "boot", "ssh", "gate", "demo", "cache"])
+@pytest.mark.parametrize(
+    "command", ["compose", "image", "boot", "ssh", "gate", "demo", "cache", "report"]
+)
 def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "harness.cli", command, "--help"],
@@ -216,3 +218,28 @@ def test_gate_on_a_missing_ref_is_one_line(tmp_path: Path, repo: Path) -> None:
         state=tmp_path / "s",
     )
     assert_one_line_error(r, 2, "ref 'nope/ref' is not in repository")
+
+
+def test_report_on_a_missing_results_dir(tmp_path: Path) -> None:
+    r = treegate(
+        "report",
+        "--results",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "o"),
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "does not exist")
+
+
+def test_report_on_an_empty_results_dir(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = treegate(
+        "report",
+        "--results",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "o"),
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "no allure results")
