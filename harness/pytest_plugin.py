@@ -442,17 +442,20 @@ def _booted_for_test(
     try:
         with harness.boot(image, name=name, restore=not cold) as guest:
             yield guest
+            if guest.vm.is_running():
+                _capture(guest, artifacts)
             report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed and guest.vm.is_running():
-                _capture_failure(guest, artifacts)
-                if harness.options.keep_vm:
-                    _keep(guest, request)
+            failed = report is not None and report.failed
+            if failed and harness.options.keep_vm and guest.vm.is_running():
+                _keep(guest, request)
     finally:
         _attach_artifacts(artifacts)
 
 
-def _capture_failure(guest: Guest, artifacts: Path) -> None:
-    """Keep what a developer reads first about a failed test's machine, still running."""
+def _capture(guest: Guest, artifacts: Path) -> None:
+    """Keep the state of a test's machine as the test left it (for a failed test, the
+    failure point): its screen, the journal of the boot under test, ``ostree admin status``.
+    Best effort: a machine that broke must not turn into a second error here."""
     with contextlib.suppress(TreegateError):
         guest.screenshot(artifacts / "screen.png")
     with contextlib.suppress(TreegateError):
@@ -471,7 +474,7 @@ _ATTACHMENT_TYPES = {
 
 def _attach_artifacts(artifacts: Path) -> None:
     """Attach a machine's kept files (console logs of every boot, and what
-    :func:`_capture_failure` saved) to the test's allure result."""
+    :func:`_capture` saved) to the test's allure result."""
     if not artifacts.is_dir():
         return
     for path in sorted(artifacts.iterdir()):
