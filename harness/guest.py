@@ -91,6 +91,11 @@ class Guest:
             raise MachineDied(
                 f"machine {self.name} stopped: {self.vm.exit_reason()}", hint="see the console log"
             )
+        if self.vm.is_frozen():
+            raise MachineDied(
+                f"machine {self.name}: its QEMU process is stopped (SIGSTOP?): the host "
+                "froze it, so the guest cannot answer"
+            )
 
     def _connect_once(self, greeting: _Greeting) -> paramiko.SSHClient | None:
         """One connection attempt: SSH on the first connection sshd has greeted, if any yet."""
@@ -206,7 +211,11 @@ class Guest:
                 raise EOFError("the channel closed without an exit status")
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
-            self._check_alive()
+            # A QEMU that died takes the connection with it a moment before its process is
+            # gone: give it that moment, so the error says the machine died.
+            for _ in range(20):
+                self._check_alive()
+                time.sleep(0.1)
             raise InfraError(
                 f"SSH connection to {self.name} lost while running {command!r}: {exc}"
             ) from exc

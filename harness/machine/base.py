@@ -46,6 +46,10 @@ class VM(Protocol):
     def exit_reason(self) -> str:
         """Why the VM is not running (exit status, last stderr line), for error messages."""
 
+    def is_frozen(self) -> bool:
+        """True when the VM exists but cannot run: its process is stopped (SIGSTOP, a
+        debugger).  A guest that does not answer is then the host's fault, not the tree's."""
+
     def screenshot(self, path: Path) -> Path:
         """Save the VM's display as a PNG at ``path``."""
 

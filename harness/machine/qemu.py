@@ -316,6 +316,14 @@ class QemuVM:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def is_frozen(self) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        # The state letter follows the parenthesised command name; T: stopped, t: traced.
+        return self.is_running() and stat.rsplit(")", 1)[-1].split()[0] in ("T", "t")
+
     def exit_reason(self) -> str:
         code = self._proc.poll() if self._proc else None
         try:

@@ -1,0 +1,125 @@
+"""Faults under a running test, on real VMs: each ends as the right kind of outcome, fast.
+
+A QEMU that dies or is frozen under a test is the host's fault (*error*: the gate never
+promotes and says "run again"); a guest has no way out of its user-mode network except its
+SSH forward and the repo server; a full disk while building an image is one line and leaves
+nothing half-written in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfraError, MachineDied
+from harness.guest import Guest
+from harness.machine.qemu import GUEST_REPO_ADDR, GUEST_REPO_PORT
+from harness.pytest_plugin import Harness
+from harness.repo import Commit
+
+pytestmark = pytest.mark.vm
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def qemu_pid(machine: Guest) -> int:
+    pid = getattr(machine.vm, "pid", 0)
+    assert pid > 0
+    return int(pid)
+
+
+def test_qemu_killed_under_a_test_is_an_error(machine: Guest) -> None:
+    os.kill(qemu_pid(machine), signal.SIGKILL)
+    with pytest.raises(MachineDied) as info:
+        machine.execute("true", timeout=60)
+    assert isinstance(info.value, InfraError)  # error, not failed: the tree did nothing wrong
+    assert "stopped" in str(info.value) or "exit" in str(info.value)
+
+
+def test_frozen_qemu_is_an_error_long_before_the_command_timeout(machine: Guest) -> None:
+    pid = qemu_pid(machine)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(MachineDied, match="stopped"):
+            machine.execute("sleep 1", timeout=600)
+        # Caught at the first polling tick after the freeze, not at the 600 s timeout.
+        assert time.monotonic() - start < 120
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_guest_cannot_reach_host_ports(machine: Guest) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0)
+    port = listener.getsockname()[1]
+    try:
+        # 10.0.2.2 is the host in QEMU's user-mode network; restrict=on drops everything but
+        # the forwards treegate set up.
+        status, _ = machine.execute(
+            f"timeout 15 bash -c 'echo hello > /dev/tcp/10.0.2.2/{port}'", timeout=60
+        )
+        assert status != 0
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        # The one service the guest may reach is there (the check above is not vacuous).
+        machine.succeed(
+            f"timeout 15 bash -c 'exec 3<>/dev/tcp/{GUEST_REPO_ADDR}/{GUEST_REPO_PORT}; "
+            'printf "HEAD /config HTTP/1.0\\r\\n\\r\\n" >&3; head -1 <&3\' | grep -q 200',
+            timeout=60,
+        )
+    finally:
+        listener.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_while_building_an_image(
+    harness: Harness, candidate: Commit, tmp_path: Path
+) -> None:
+    with small_tmpfs(tmp_path / "small", "48m") as small:
+        state = small / "state"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.cli",
+                "image",
+                "--repo",
+                str(harness.repo.path),
+                "--commit",
+                candidate.checksum,
+                "--state-dir",
+                str(state),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("treegate: error: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+        images = state / "images"
+        leftovers = [p for p in images.iterdir()] if images.exists() else []
+        assert leftovers == [], leftovers  # nothing half-written in the cache
