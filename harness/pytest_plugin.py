@@ -145,12 +145,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         # One run id for the controller and every pytest-xdist worker it starts.
         os.environ.setdefault("TREEGATE_RUN_ID", time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid()))
+        # Every run writes JUnit XML and allure results into its run directory, beside the
+        # tests' files, unless --junitxml / --alluredir say where; pytest's junitxml and
+        # allure-pytest read these options in their own pytest_configure, after this one.
+        run_dir = State.at(config.getoption("tg_state")).runs / os.environ["TREEGATE_RUN_ID"]
         if getattr(config.option, "allure_report_dir", "unset") is None:
-            # Every run writes allure results (runs/<run>/allure-results) unless --alluredir
-            # says where; allure-pytest reads the option in its own pytest_configure, later.
-            state = State.at(config.getoption("tg_state"))
-            run_dir = state.runs / os.environ["TREEGATE_RUN_ID"]
             config.option.allure_report_dir = str(run_dir / "allure-results")
+        if getattr(config.option, "xmlpath", "unset") is None:
+            config.option.xmlpath = str(run_dir / "junit.xml")
     config.addinivalue_line(
         "markers", "vm: boots real virtual machines (deselect with -m 'not vm')"
     )
