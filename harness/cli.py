@@ -163,6 +163,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         layout=args.layout,
         accel=args.accel,
         wait_for_lock=not args.no_wait,
+        external_tests=Path(args.external_tests) if args.external_tests else None,
     )
     verdict = run_gate(config)
     print(verdict_table(verdict))
@@ -314,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rebase-ref", help="another tree's ref for the rebase suite (may contain {arch})"
+    )
+    p.add_argument(
+        "--external-tests",
+        metavar="DIR",
+        help="external tests in kola's format, required as the 'external' suite",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="VMs run side by side (pytest-xdist; default 1)"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from harness.arch import get_arch
 from harness.errors import UserError
+from harness.external import discover
 from harness.repo import Commit, Repo
 from harness.state import State
 from harness.store import ResultRow, Store
@@ -59,6 +60,8 @@ class GateConfig:
     layout: str | None = None
     accel: str | None = None
     wait_for_lock: bool = True
+    external_tests: Path | None = None
+    """A directory of external tests in kola's format, run as the ``external`` suite."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,10 @@ def required_suites(
         if dropped:
             notes.append(f"no --rebase-ref: gated without {', '.join(dropped)}")
         chosen = [s for s in chosen if not s.needs_rebase_ref]
+    if config.external_tests is None:
+        if "external" in config.suites:
+            notes.append("no --external-tests: gated without external")
+        chosen = [s for s in chosen if not s.needs_external]
     return chosen, notes
 
 
@@ -261,6 +268,8 @@ def run_gate(config: GateConfig) -> Verdict:
     if config.rebase_ref is not None:
         for arch in config.arches:
             repo.resolve(expand(config.rebase_ref, arch))
+    if config.external_tests is not None:
+        discover(config.external_tests)  # a missing or empty directory is a one-line error now
     first_arch = config.arches[0]
     tested_refs = {a: expand(config.tested_ref, a) for a in config.arches}
     with gate_lock(state, repo, config.tested_ref, config.wait_for_lock):
@@ -401,6 +410,8 @@ def _run_suites(
         target_args += ["--layout", config.layout]
     if config.accel:
         target_args += ["--accel", config.accel]
+    if config.external_tests is not None:
+        target_args += ["--external-tests", str(config.external_tests.resolve())]
     argv = [
         sys.executable,
         "-m",

@@ -49,6 +49,7 @@ from harness.boot import PROJECT_ROOT, Target, booted, image_for
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
 from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError, UserError
+from harness.external import discover
 from harness.guest import Guest
 from harness.image import Image
 from harness.repo import Commit, Repo, serve
@@ -128,6 +129,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         choices=list(ARCHES),
         help="arch to run on (repeatable; default x86_64)",
+    )
+    g.addoption(
+        "--external-tests",
+        dest="tg_external",
+        metavar="DIR",
+        help="a directory of external tests in kola's format: each becomes an item of "
+        "tests/system/test_external.py",
     )
     g.addoption("--layout", dest="tg_layout", help="disk layout (default: the arch's)")
     g.addoption("--accel", dest="tg_accel", choices=["kvm", "tcg"], help="force an accelerator")
@@ -294,6 +302,10 @@ class Harness:
             FEATURES[feature].fixture_baseline if feature else DEFAULT_BASELINE, arch
         )
 
+    def artifacts(self, nodeid: str) -> Path:
+        """Where the files of test ``nodeid`` are kept (and attached to its report)."""
+        return self.run_dir / _machine_name(nodeid)
+
     def rebase_ref(self, arch: str) -> str:
         """The ref of another tree to rebase onto; skips the test if there is none."""
         if self.options.rebase_ref:
@@ -357,6 +369,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch" in metafunc.fixturenames:
         arches = metafunc.config.getoption("tg_arch") or ["x86_64"]
         metafunc.parametrize("arch", arches, scope="session")
+    if "external_test" in metafunc.fixturenames:
+        metafunc.parametrize("external_test", _external_params(metafunc.config))
+
+
+def _external_params(config: pytest.Config) -> list[Any]:
+    """One parameter per external test (``--external-tests DIR``), with its own timeout."""
+    directory = config.getoption("tg_external")
+    if not directory:
+        skip = pytest.mark.skip(reason="no external tests given (--external-tests DIR)")
+        return [pytest.param(None, id="none", marks=skip)]
+    try:
+        tests = discover(Path(directory))
+    except TreegateError as exc:
+        raise pytest.UsageError(f"treegate: {exc.one_line()}") from None
+    # The body's bound: the test's own timeout for each run, and slack for its reboots.
+    return [
+        pytest.param(t, id=t.name, marks=pytest.mark.timeout(t.timeout_min * 60 * 2 + 300))
+        for t in tests
+    ]
 
 
 def _needed_feature(request: pytest.FixtureRequest) -> str | None:

@@ -46,6 +46,8 @@ class Suite:
     feature: str | None = None
     needs_baseline: bool = False
     needs_rebase_ref: bool = False
+    needs_external: bool = False
+    """Applies only when the gate is given external tests (``--external-tests DIR``)."""
 
     @property
     def path(self) -> Path:
@@ -64,6 +66,7 @@ SUITES: dict[str, Suite] = {
         Suite("rollback", needs_baseline=True),
         Suite("rebase", needs_rebase_ref=True),
         Suite("docker", feature="docker"),
+        Suite("external", needs_external=True),
     )
 }
 
