@@ -13,9 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,28 +92,22 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def test_full_disk_while_building_an_image(
-    harness: Harness, candidate: Commit, tmp_path: Path
+    treegate_cli: Callable[..., subprocess.CompletedProcess[str]],
+    harness: Harness,
+    candidate: Commit,
+    tmp_path: Path,
 ) -> None:
     with small_tmpfs(tmp_path / "small", "48m") as small:
         state = small / "state"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harness.cli",
-                "image",
-                "--repo",
-                str(harness.repo.path),
-                "--commit",
-                candidate.checksum,
-                "--state-dir",
-                str(state),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        proc = treegate_cli(
+            "image",
+            "--repo",
+            str(harness.repo.path),
+            "--commit",
+            candidate.checksum,
+            "--state-dir",
+            str(state),
             timeout=600,
-            check=False,
         )
         assert proc.returncode == 3, proc.stdout + proc.stderr
         lines = proc.stderr.strip().splitlines()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,29 @@ from harness.pytest_plugin import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def gate(harness: Harness, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+TreegateCli = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``treegate_cli`` fixture (tests/conftest.py)."""
+
+
+def gate(
+    cli: TreegateCli,
+    harness: Harness,
+    tmp_path: Path,
+    *args: str,
+) -> tuple[int, dict[str, Any], str]:
     """Run ``treegate gate`` as a user would; return its exit status, JSON verdict and output."""
     verdict = tmp_path / "verdict.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "gate",
-            "--repo",
-            str(harness.repo.path),
-            "--state-dir",
-            str(harness.state.root),
-            "--json",
-            str(verdict),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
+    proc = cli(
+        "gate",
+        "--repo",
+        str(harness.repo.path),
+        "--state-dir",
+        str(harness.state.root),
+        "--json",
+        str(verdict),
+        *args,
     )
     data = json.loads(verdict.read_text()) if verdict.exists() else {}
     return proc.returncode, data, proc.stdout + proc.stderr
@@ -85,7 +82,7 @@ def assert_rejected_as_failed(code: int, verdict: dict[str, Any], output: str) -
 
 
 def test_good_candidate_is_promoted(
-    harness: Harness, arch: str, tmp_path: Path, scratch_refs: list[str]
+    treegate_cli: TreegateCli, harness: Harness, arch: str, tmp_path: Path, scratch_refs: list[str]
 ) -> None:
     v2 = harness.fixture_commit("minimal-v2", arch)
     tested = f"treegate-test/{arch}/tested-{uuid.uuid4().hex[:8]}"
@@ -93,7 +90,7 @@ def test_good_candidate_is_promoted(
     assert v2.ref is not None
     # Default suites: the first commit of a stream is gated without upgrade and rollback.
     args = ["--ref", v2.ref, "--promote-to", tested, "--arch", arch]
-    code, verdict, output = gate(harness, tmp_path, *args)
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, *args)
     assert code == 0, output
     assert verdict["decision"] == "promoted"
     assert "first commit of the stream" in " ".join(verdict["notes"])
@@ -116,6 +113,7 @@ def test_good_candidate_is_promoted(
     ],
 )
 def test_broken_candidate_is_rejected_and_tested_ref_untouched(
+    treegate_cli: TreegateCli,
     harness: Harness,
     arch: str,
     tmp_path: Path,
@@ -129,6 +127,7 @@ def test_broken_candidate_is_rejected_and_tested_ref_untouched(
     broken = harness.fixture_commit(tree, arch)
     assert broken.ref is not None
     code, verdict, output = gate(
+        treegate_cli,
         harness,
         tmp_path,
         "--ref",
@@ -145,7 +144,7 @@ def test_broken_candidate_is_rejected_and_tested_ref_untouched(
 
 
 def test_every_arch_must_pass_before_any_is_promoted(
-    harness: Harness, tmp_path: Path, scratch_refs: list[str]
+    treegate_cli: TreegateCli, harness: Harness, tmp_path: Path, scratch_refs: list[str]
 ) -> None:
     """One gate over two arches: a candidate broken on the second arch only is rejected and
     neither tested ref moves; once both are good, both are promoted in one run."""
@@ -163,7 +162,7 @@ def test_every_arch_must_pass_before_any_is_promoted(
     args = ["--ref", candidate, "--promote-to", tested, "--arch", first, "--arch", second]
     args += ["--suite", "smoke"]
 
-    code, verdict, output = gate(harness, tmp_path, *args)
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, *args)
     assert_rejected_as_failed(code, verdict, output)
     assert {r["arch"] for r in verdict["results"] if r["outcome"] == "failed"} == {second}
     assert all(r["outcome"] == "passed" for r in verdict["results"] if r["arch"] == first)
@@ -171,7 +170,7 @@ def test_every_arch_must_pass_before_any_is_promoted(
         assert harness.repo.try_resolve(tested.format(arch=a)) is None, output
 
     harness.repo.set_ref(candidate.format(arch=second), good[second].checksum)
-    code, verdict, output = gate(harness, tmp_path, *args)
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, *args)
     assert code == 0, output
     by_arch = {p["arch"]: p for p in verdict["per_arch"]}
     for a in (first, second):

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,9 @@ def chromium(*args: str) -> str:
     return proc.stdout
 
 
-def test_report_matrix_shows_the_run_outcomes(harness: Harness, tmp_path: Path) -> None:
+def test_report_matrix_shows_the_run_outcomes(
+    treegate_cli: Callable[..., subprocess.CompletedProcess[str]], harness: Harness, tmp_path: Path
+) -> None:
     suite = tmp_path / "test_report_subject.py"
     suite.write_text(SUITE)
     results = tmp_path / "allure-results"
@@ -111,24 +113,15 @@ def test_report_matrix_shows_the_run_outcomes(harness: Harness, tmp_path: Path) 
     assert produced == {"test_root_is_root": "passed", "test_a_file_that_is_not_there": "failed"}
 
     out = tmp_path / "report"
-    report = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "report",
-            "--results",
-            str(results),
-            "--out",
-            str(out),
-            "--state-dir",
-            str(harness.state.root),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    report = treegate_cli(
+        "report",
+        "--results",
+        str(results),
+        "--out",
+        str(out),
+        "--state-dir",
+        str(harness.state.root),
         timeout=300,
-        check=False,
     )
     assert report.returncode == 0, report.stdout + report.stderr
     assert (out / "index.html").is_file() and (out / "allure" / "index.html").is_file()
