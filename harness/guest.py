@@ -36,6 +36,7 @@ from harness.errors import (
     InfraError,
     MachineDied,
     TreeFailure,
+    TreegateError,
 )
 from harness.machine.base import VM
 from harness.retry import retry
@@ -79,6 +80,8 @@ class Guest:
         self.boot_count = 0
         self.image_commit = ""
         """The commit the machine's image was built from (what it booted first)."""
+        self.artifacts: Path | None = None
+        """Where to keep a screenshot at the end of each boot (set by the pytest plugin)."""
 
     def __repr__(self) -> str:
         return f"<Guest {self.name} port {self.vm.ssh_port}>"
@@ -298,6 +301,10 @@ class Guest:
         """
         with log.nested(f"rebooting {self.name}"):
             before = self.boot_id()
+            if self.artifacts is not None:
+                # The end of this boot, as its screen showed it (best effort: ARM has none).
+                with contextlib.suppress(TreegateError, OSError):
+                    self.screenshot(self.artifacts / f"screen-boot-{self.boot_count}.png")
             self.console.mark()
             # The connection may drop before the command returns.
             with contextlib.suppress(InfraError):

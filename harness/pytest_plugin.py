@@ -474,6 +474,7 @@ def _booted_for_test(
     artifacts = harness.run_dir / name
     try:
         with harness.boot(image, name=name, restore=not cold) as guest:
+            guest.artifacts = artifacts
             yield guest
             if guest.vm.is_running():
                 _capture(guest, artifacts)
