@@ -365,6 +365,25 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         )
 
 
+MACHINE_FOOTPRINT_MIB = 1536
+"""Host memory one test's VM takes: the guest's 1 GiB and QEMU's own (TCG code cache, devices)."""
+
+
+def auto_workers(cores: int, available_mib: int) -> int:
+    """How many VMs may run side by side: one per core, as long as each has its memory."""
+    return max(1, min(cores, available_mib // MACHINE_FOOTPRINT_MIB))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``pytest -n auto``: workers bounded by the host's cores and its available memory."""
+    available = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) // 1024
+    return auto_workers(os.cpu_count() or 1, available)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch" in metafunc.fixturenames:
         arches = metafunc.config.getoption("tg_arch") or ["x86_64"]

@@ -86,3 +86,11 @@ def test_every_combination_has_exactly_the_documented_decision(outcomes: tuple[s
 
 def test_suite_is_read_from_the_module_name() -> None:
     assert r("rollback", "passed").suite == "rollback"
+
+
+def test_auto_workers_respect_cores_and_memory() -> None:
+    from harness.pytest_plugin import MACHINE_FOOTPRINT_MIB, auto_workers
+
+    assert auto_workers(2, 24 * 1024) == 2  # this machine: the cores decide
+    assert auto_workers(16, 3 * MACHINE_FOOTPRINT_MIB) == 3  # memory decides
+    assert auto_workers(4, 100) == 1  # always at least one
