@@ -149,7 +149,7 @@ def test_every_arch_must_pass_before_any_is_promoted(
     """One gate over two arches: a candidate broken on the second arch only is rejected and
     neither tested ref moves; once both are good, both are promoted in one run."""
     if len(harness.options.arches) < 2:
-        pytest.skip("needs two arches (pass --arch twice, as ci/test's ARM stage does)")
+        pytest.skip("needs two arches (pass --arch twice, as ci/nightly does)")
     first, second = harness.options.arches[:2]
     good = {a: harness.fixture_commit("minimal", a) for a in (first, second)}
     broken = harness.fixture_commit("broken-init", second)
