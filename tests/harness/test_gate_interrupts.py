@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,32 +82,25 @@ def test_sigterm_to_a_running_gate(harness: Harness, arch: str, tmp_path: Path) 
         harness.repo.delete_ref(tested)
 
 
-def test_second_gate_on_the_same_tested_ref_refuses(harness: Harness, tmp_path: Path) -> None:
+def test_second_gate_on_the_same_tested_ref_refuses(
+    treegate_cli: Callable[..., subprocess.CompletedProcess[str]], harness: Harness
+) -> None:
     repo = Repo(harness.repo.path)
     candidate = harness.fixture_commit("minimal", "x86_64")
     tested = f"treegate-test/x86_64/tested-{uuid.uuid4().hex[:8]}"
     with gate_lock(harness.state, repo, tested, wait=False):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harness.cli",
-                "gate",
-                "--repo",
-                str(repo.path),
-                "--ref",
-                str(candidate.ref),
-                "--promote-to",
-                tested,
-                "--no-wait",
-                "--state-dir",
-                str(harness.state.root),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        proc = treegate_cli(
+            "gate",
+            "--repo",
+            str(repo.path),
+            "--ref",
+            str(candidate.ref),
+            "--promote-to",
+            tested,
+            "--no-wait",
+            "--state-dir",
+            str(harness.state.root),
             timeout=120,
-            check=False,
         )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"another gate is running on {tested}" in proc.stderr
