@@ -161,6 +161,9 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.allure_report_dir = str(run_dir / "allure-results")
         if getattr(config.option, "xmlpath", "unset") is None:
             config.option.xmlpath = str(run_dir / "junit.xml")
+        results = config.getoption("tg_results")
+        if results:
+            config.pluginmanager.register(ResultsWriter(Path(results)), "treegate-results")
     config.addinivalue_line(
         "markers", "vm: boots real virtual machines (deselect with -m 'not vm')"
     )
@@ -591,9 +594,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if exc is not None:
         # One line that says what went wrong, for the gate's verdict and the store.
         text = str(exc).strip() or type(exc).__name__
-        item.user_properties.append(
-            ("treegate_message", f"{type(exc).__name__}: {text.splitlines()[0]}")
-        )
+        message = ("treegate_message", f"{type(exc).__name__}: {text.splitlines()[0]}")
+        item.user_properties.append(message)
+        report.user_properties.append(message)  # the report holds a copy (xdist sends it)
     if exc is not None and isinstance(exc, TreegateError):
         report.longrepr = _short_repr(report, exc)
     if exc is not None and report.failed and report.when == "call":
@@ -644,41 +647,74 @@ def _short_repr(report: pytest.TestReport, exc: TreegateError) -> str:
     return f"{head}\n\n{type(exc).__name__}: {exc}" if head else f"{type(exc).__name__}: {exc}"
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    path = session.config.getoption("tg_results")
-    if not path:
-        return
-    results = []
-    for item in session.items:
-        outcome, duration, message = _outcome_of(item)
-        callspec = getattr(item, "callspec", None)
-        arch = callspec.params.get("arch") if callspec is not None else None
-        results.append(
+@dataclass
+class _Outcome:
+    """One test's treegate outcome, folded from its setup, call and teardown reports."""
+
+    arch: str | None
+    outcome: str = "not run"
+    duration: float = 0.0
+    message: str = ""
+
+
+def _arch_of(nodeid: str) -> str | None:
+    # Tests are parametrized over the arch first: ``test_x[aarch64]``, ``test_x[x86_64-foo]``.
+    if "[" not in nodeid:
+        return None
+    first = nodeid.rsplit("[", 1)[1].rstrip("]").split("-", 1)[0]
+    return first if first in ARCHES else None
+
+
+class ResultsWriter:
+    """Writes each test's treegate outcome for ``--treegate-results`` (what the gate reads).
+
+    Outcomes are folded from the test reports, which the pytest-xdist controller receives from
+    every worker, so a run with ``-n`` writes one complete file; workers write nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.results: dict[str, _Outcome] = {}
+
+    def _get(self, nodeid: str) -> _Outcome:
+        return self.results.setdefault(nodeid, _Outcome(_arch_of(nodeid)))
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # Without pytest-xdist the items are collected here; each starts as "not run".
+        for item in session.items:
+            self._get(item.nodeid)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Under pytest-xdist the controller collects nothing itself: the workers' ids say it.
+        for nodeid in ids:
+            self._get(nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = self._get(report.nodeid)
+        result.duration += report.duration
+        if result.outcome in ("skipped", "failed", "error"):
+            return  # the first thing that went wrong is the outcome
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            result.outcome, result.message = "skipped", str(reason)
+        elif report.failed:
+            result.outcome = "failed" if report.when == "call" else "error"
+            messages = [v for k, v in report.user_properties if k == "treegate_message"]
+            fallback = str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
+            result.message = str(messages[0]) if messages else fallback
+        elif report.when == "call":
+            result.outcome = "passed"
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        results = [
             {
-                "nodeid": item.nodeid,
-                "arch": arch,
-                "outcome": outcome,
-                "duration": round(duration, 3),
-                "message": message,
+                "nodeid": nodeid,
+                "arch": r.arch,
+                "outcome": r.outcome,
+                "duration": round(r.duration, 3),
+                "message": r.message,
             }
-        )
-    Path(path).write_text(json.dumps(results, indent=1))
-
-
-def _outcome_of(item: pytest.Item) -> tuple[str, float, str]:
-    reports = [getattr(item, f"rep_{w}", None) for w in ("setup", "call", "teardown")]
-    duration = sum(r.duration for r in reports if r is not None)
-    for r in reports:
-        if r is None:
-            continue
-        if r.skipped:
-            reason = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
-            return "skipped", duration, str(reason)
-        if r.failed:
-            kind = "failed" if r.when == "call" else "error"
-            messages = [v for k, v in item.user_properties if k == "treegate_message"]
-            fallback = str(r.longrepr).strip().splitlines()[-1] if r.longrepr else ""
-            return kind, duration, str(messages[0]) if messages else fallback
-    if reports[1] is None:
-        return "not run", duration, ""
-    return "passed", duration, ""
+            for nodeid, r in self.results.items()
+        ]
+        self.path.write_text(json.dumps(results, indent=1))
