@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SUITE = '''
+SUITE = """
 import pytest
 
 from harness.errors import InfraError, TreeFailure
@@ -49,7 +49,7 @@ def test_host_broke_in_body():
 @pytest.mark.skip(reason="no docker in this tree")
 def test_skipped():
     pass
-'''
+"""
 
 EXPECTED = {
     "test_passes": ("passed", ""),
