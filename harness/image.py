@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import struct
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.arch import Arch
-from harness.errors import CommandError, InfraError, UserError
+from harness.errors import CommandError, InfraError, TreeFailure, UserError
 from harness.keys import make_host_keys
 from harness.layout import Layout
 from harness.repo import Commit, Repo
@@ -243,6 +244,13 @@ def _build(
                 f"no space left on device while building the image in {build.parent}",
                 hint="free disk space",
             ) from None
+        corrupt = re.search(r"Corrupted \S+ object[^\n]*", exc.stderr)
+        if corrupt:
+            # The commit as published is unusable (a client's pull would fail the same way).
+            raise TreeFailure(
+                f"commit {commit.checksum[:12]} in {repo.path} is corrupt: {corrupt.group(0)}",
+                hint=f"ostree fsck --repo={repo.path}",
+            ) from None
         raise
     if layout.bootloader == "grub-bios":
         _install_grub_bios(disk, layout)
@@ -271,7 +279,9 @@ ostree admin init-fs "$S" >/dev/null
 ostree admin os-init --sysroot="$S" "$OS" >/dev/null
 R="$S/ostree/repo"
 ostree remote add --repo="$R" --set=gpg-verify=false "$REMOTE" "$REMOTE_URL"
-ostree pull-local --repo="$R" "$SRC_REPO" "$COMMIT" >/dev/null
+# --untrusted: every object's checksum is verified on the way in.  A local pull trusts its
+# source otherwise, and would copy a corrupt object into a machine that may well boot.
+ostree pull-local --untrusted --repo="$R" "$SRC_REPO" "$COMMIT" >/dev/null
 ostree refs --repo="$R" --create="$REMOTE:$REF" "$COMMIT"
 # With this link in place ostree's syslinux backend keeps loader/syslinux.cfg current on
 # every deploy; GRUB (and U-Boot's extlinux support) read that file.

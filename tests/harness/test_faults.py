@@ -9,6 +9,7 @@ nothing half-written in the cache.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -116,3 +117,67 @@ def test_full_disk_while_building_an_image(
         images = state / "images"
         leftovers = [p for p in images.iterdir()] if images.exists() else []
         assert leftovers == [], leftovers  # nothing half-written in the cache
+
+
+def test_corrupt_object_in_the_candidate_is_rejected(
+    treegate_cli: Callable[..., subprocess.CompletedProcess[str]],
+    harness: Harness,
+    candidate: Commit,
+    tmp_path: Path,
+) -> None:
+    # A repository holding only the candidate, with one byte of one of its files flipped.
+    repo = tmp_path / "repo"
+    ref = "treegate/bookworm/x86_64/corrupt"
+    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=archive"], check=True)
+    subprocess.run(
+        ["ostree", "pull-local", f"--repo={repo}", str(harness.repo.path), candidate.checksum],
+        check=True,
+    )
+    subprocess.run(
+        ["ostree", "refs", f"--repo={repo}", f"--create={ref}", candidate.checksum], check=True
+    )
+    listing = subprocess.run(
+        ["ostree", "ls", f"--repo={repo}", "-R", "-C", candidate.checksum, "/usr/bin"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    obj = next(line.split()[4] for line in listing.splitlines() if line.startswith("-"))
+    path = repo / "objects" / obj[:2] / f"{obj[2:]}.filez"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    # A local pull hard-links objects: replace the file, never write through the shared inode
+    # (that would corrupt the fixtures repository too).
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+    state = tmp_path / "state"  # nothing cached: the candidate's image is built from the repo
+    verdict = tmp_path / "verdict.json"
+    proc = treegate_cli(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        ref,
+        "--promote-to",
+        "treegate/tested",
+        "--suite",
+        "smoke",
+        "--state-dir",
+        str(state),
+        "--json",
+        str(verdict),
+        timeout=900,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    data_out = json.loads(verdict.read_text())
+    assert data_out["decision"] == "rejected"
+    assert any("corrupt" in r.get("message", "") for r in data_out["results"]), data_out
+    refs = subprocess.run(
+        ["ostree", "refs", f"--repo={repo}"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert refs == [ref]  # the tested ref was never written
+    images = state / "images"
+    assert [p.name for p in images.iterdir() if p.name.startswith(".build-")] == []
