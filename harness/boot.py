@@ -186,7 +186,9 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                     vm.start()
                     guest.wait_for_ssh()
                     # Ready means systemd finished starting units, whatever their outcome.
-                    guest.execute("systemctl is-system-running --wait", timeout=300)
+                    guest.execute(
+                        "systemctl is-system-running --wait", timeout=300, idempotent=True
+                    )
                     boot_id = guest.boot_id()
                     guest.close()
                     vm.save(build)
@@ -255,6 +257,9 @@ def booted(
     else:
         vm = QemuVM(image.path, _machine_config(target, image, accel, name))
     guest = _guest(target, image, vm, accel)
+    if restore:
+        # The restored machine is the saved one, boot id included.
+        guest.expected_boot_id = json.loads((snapshot / "snapshot.json").read_text())["boot_id"]
     try:
         how = "restoring" if restore else "booting"
         with log.nested(f"{how} {name} ({target.arch.name}, {accel.value})"):

@@ -82,6 +82,9 @@ class Guest:
         """The commit the machine's image was built from (what it booted first)."""
         self.artifacts: Path | None = None
         """Where to keep a screenshot at the end of each boot (set by the pytest plugin)."""
+        self.expected_boot_id = ""
+        """The boot id of the boot the harness knows about; another one means the guest
+        rebooted behind the harness's back."""
 
     def __repr__(self) -> str:
         return f"<Guest {self.name} port {self.vm.ssh_port}>"
@@ -136,32 +139,38 @@ class Guest:
 
     def wait_for_ssh(self, timeout: float | None = None) -> None:
         """Wait until the machine answers SSH; fail early on a console failure or a dead VM."""
-        limit = timeout if timeout is not None else self.boot_timeout
         with log.nested(f"waiting for SSH on {self.name}"):
-            greeting = _Greeting(self.vm.ssh_port)
-
-            def attempt(_last: bool) -> paramiko.SSHClient | None:
-                self._check_alive()
-                if self.console.wait_text_seen(_SSHD_FAILED):
-                    # systemd printed that sshd failed: SSH will never answer, say so now.
-                    raise BootFailure(
-                        f"{self.name}: sshd failed to start", console_tail=self.console.tail()
-                    )
-                return self._connect_once(greeting)
-
-            def timed_out(message: str) -> Exception:
-                return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
-
-            with contextlib.closing(greeting):
-                self._client = retry(
-                    attempt,
-                    limit,
-                    interval=0.05,
-                    max_interval=0.05,
-                    what="SSH to answer",
-                    on_timeout=timed_out,
-                )
+            self._connect(timeout if timeout is not None else self.boot_timeout)
             self.boot_count += 1
+            if not self.expected_boot_id:
+                # What a later lost connection is checked against (a restored machine's is
+                # known from its saved state and costs no round trip).
+                self.expected_boot_id = self._raw_boot_id()
+
+    def _connect(self, limit: float) -> None:
+        greeting = _Greeting(self.vm.ssh_port)
+
+        def attempt(_last: bool) -> paramiko.SSHClient | None:
+            self._check_alive()
+            if self.console.wait_text_seen(_SSHD_FAILED):
+                # systemd printed that sshd failed: SSH will never answer, say so now.
+                raise BootFailure(
+                    f"{self.name}: sshd failed to start", console_tail=self.console.tail()
+                )
+            return self._connect_once(greeting)
+
+        def timed_out(message: str) -> Exception:
+            return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
+
+        with contextlib.closing(greeting):
+            self._client = retry(
+                attempt,
+                limit,
+                interval=0.05,
+                max_interval=0.05,
+                what="SSH to answer",
+                on_timeout=timed_out,
+            )
 
     def close(self) -> None:
         """Close the SSH connection (the VM keeps running)."""
@@ -170,12 +179,36 @@ class Guest:
             self._client = None
 
     # -- commands ------------------------------------------------------------------------
-    def execute(self, command: str, timeout: float = 300.0) -> tuple[int, str]:
+    def execute(
+        self, command: str, timeout: float = 300.0, *, idempotent: bool = False
+    ) -> tuple[int, str]:
         """Run ``command`` as root in a shell; return its exit status and combined output.
 
         ``timeout`` (seconds, scaled for emulation) bounds the command; a command still
         running then is a :class:`GuestTimeout`.
+
+        When the SSH connection drops under the command, the harness reconnects and reads
+        the boot id: a machine that rebooted on its own is a :class:`TreeFailure`.  Otherwise
+        an ``idempotent`` command (one that is safe to run twice: a query, a wait) runs
+        again; any other is an :class:`InfraError` naming the command, since it may have
+        had effects that a second run would repeat.
         """
+        for attempt in (1, 2):
+            try:
+                return self._run(command, timeout)
+            except _ConnectionLost as lost:
+                self._after_lost_connection(command, lost)
+                if not idempotent or attempt == 2:
+                    raise InfraError(
+                        f"SSH connection to {self.name} dropped while running {command!r}"
+                        + (" (not retried: it may have had effects)" if not idempotent else ""),
+                        hint="run the test again; the console log may say why",
+                    ) from lost
+                log.info(f"SSH connection dropped under {command!r}: running it again")
+        raise AssertionError("unreachable")
+
+    def _run(self, command: str, timeout: float) -> tuple[int, str]:
+        """One run of ``command`` on the current connection (see :meth:`execute`)."""
         if self._client is None:
             self.wait_for_ssh()
         assert self._client is not None
@@ -219,15 +252,36 @@ class Guest:
             for _ in range(20):
                 self._check_alive()
                 time.sleep(0.1)
-            raise InfraError(
+            raise _ConnectionLost(
                 f"SSH connection to {self.name} lost while running {command!r}: {exc}"
             ) from exc
         return status, b"".join(chunks).decode(errors="replace")
 
-    def succeed(self, command: str, timeout: float = 300.0) -> str:
-        """Run ``command``; return its output, or fail the test if it exits non-zero."""
+    def _raw_boot_id(self) -> str:
+        # Below execute(): no retry, no reconnection (reboot() and reconnecting use it).
+        return self._run("cat /proc/sys/kernel/random/boot_id", timeout=30)[1].strip()
+
+    def _after_lost_connection(self, command: str, lost: Exception) -> None:
+        """Reconnect after a dropped connection; a new boot id means the guest rebooted."""
+        with log.nested(f"reconnecting to {self.name} after: {lost}"):
+            self._connect(self.boot_timeout)
+            now = self._raw_boot_id()
+        if self.expected_boot_id and now != self.expected_boot_id:
+            self.expected_boot_id = now
+            self.boot_count += 1
+            raise TreeFailure(
+                f"machine {self.name} rebooted on its own while running {command!r} "
+                "(its boot id changed)"
+            )
+
+    def succeed(self, command: str, timeout: float = 300.0, *, idempotent: bool = False) -> str:
+        """Run ``command``; return its output, or fail the test if it exits non-zero.
+
+        ``idempotent``: safe to run again if the connection drops under it (see
+        :meth:`execute`).
+        """
         with log.nested(f"must succeed: {command}"):
-            status, output = self.execute(command, timeout)
+            status, output = self.execute(command, timeout, idempotent=idempotent)
         if status != 0:
             self.console.check()
             raise GuestCommandFailed(command, status, output, expected="0")
@@ -248,7 +302,8 @@ class Guest:
 
             def attempt(last: bool) -> str | None:
                 self._check_alive()
-                status, output = self.execute(command, timeout=timeout)
+                # Waiting re-runs the command by definition: a dropped connection may too.
+                status, output = self.execute(command, timeout=timeout, idempotent=True)
                 if status == 0:
                     return output
                 if last:
@@ -266,7 +321,9 @@ class Guest:
 
             def attempt(last: bool) -> bool:
                 self._check_alive()
-                _, state = self.execute(f"systemctl is-active {shlex.quote(unit)}", timeout=30)
+                _, state = self.execute(
+                    f"systemctl is-active {shlex.quote(unit)}", timeout=30, idempotent=True
+                )
                 state = state.strip()
                 if state == "active":
                     return True
@@ -285,12 +342,12 @@ class Guest:
 
     def sync_clock(self) -> None:
         """Set the guest's clock to the host's (a restored machine wakes up in the past)."""
-        self.succeed(f"date -s @{time.time():.3f} >/dev/null")
+        self.succeed(f"date -s @{time.time():.3f} >/dev/null", idempotent=True)
 
     # -- reboots -------------------------------------------------------------------------
     def boot_id(self) -> str:
         """The kernel's random boot id: changes on every boot."""
-        return self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+        return self.succeed("cat /proc/sys/kernel/random/boot_id", idempotent=True).strip()
 
     def reboot(self) -> None:
         """Reboot through systemd and wait for the new boot; fail if it never came.
@@ -308,7 +365,7 @@ class Guest:
             self.console.mark()
             # The connection may drop before the command returns.
             with contextlib.suppress(InfraError):
-                self.execute("systemctl reboot", timeout=30)
+                self._run("systemctl reboot", timeout=30)
             self.close()
             seen_old = False
             greeting = _Greeting(self.vm.ssh_port)
@@ -325,10 +382,11 @@ class Guest:
                     return False
                 self._client = client
                 try:
-                    status, out = self.execute("cat /proc/sys/kernel/random/boot_id", timeout=30)
+                    status, out = self._run("cat /proc/sys/kernel/random/boot_id", timeout=30)
                 except InfraError:
                     status, out = -1, ""  # the old system went down under the connection
                 if status == 0 and out.strip() and out.strip() != before:
+                    self.expected_boot_id = out.strip()
                     return True
                 seen_old = seen_old or out.strip() == before
                 self.close()
@@ -355,7 +413,7 @@ class Guest:
     # -- ostree --------------------------------------------------------------------------
     def deployments(self) -> list[Deployment]:
         """The deployments ``ostree admin status`` lists, newest (default) first."""
-        return parse_admin_status(self.succeed("ostree admin status"))
+        return parse_admin_status(self.succeed("ostree admin status", idempotent=True))
 
     def booted_commit(self) -> str:
         """The checksum of the booted deployment."""
@@ -436,7 +494,9 @@ class Guest:
 
     def journal(self, path: Path) -> Path:
         """Save this boot's journal to ``path``."""
-        _, text = self.execute("journalctl -b --no-pager -o short-monotonic", timeout=120)
+        _, text = self.execute(
+            "journalctl -b --no-pager -o short-monotonic", timeout=120, idempotent=True
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
@@ -444,6 +504,10 @@ class Guest:
     def screenshot(self, path: Path) -> Path:
         """Save the VM's display as PNG."""
         return self.vm.screenshot(path)
+
+
+class _ConnectionLost(InfraError):
+    """The SSH connection went away under a command (handled by :meth:`Guest.execute`)."""
 
 
 _SSHD_FAILED = r"Failed to start (?:ssh|sshd)\S*\.service|Failed to start .*OpenBSD Secure Shell"

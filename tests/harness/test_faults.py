@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InfraError, MachineDied
+from harness.errors import InfraError, MachineDied, TreeFailure
 from harness.guest import Guest
 from harness.machine.qemu import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.pytest_plugin import Harness
@@ -181,3 +181,35 @@ def test_corrupt_object_in_the_candidate_is_rejected(
     assert refs == [ref]  # the tested ref was never written
     images = state / "images"
     assert [p.name for p in images.iterdir() if p.name.startswith(".build-")] == []
+
+
+# Kills the sshd processes that serve the harness's connection (not the listener), from inside
+# the very command that runs over it: the connection drops mid-command, the guest stays up.
+DROP_CONNECTION = "pkill -KILL -f 'sshd: root'"
+
+
+def test_dropped_connection_fails_a_command_that_may_have_had_effects(machine: Guest) -> None:
+    with pytest.raises(InfraError, match=r"dropped while running .*not retried") as info:
+        machine.execute(f"touch /root/ran-once; {DROP_CONNECTION}; sleep 60", timeout=120)
+    assert not isinstance(info.value, TreeFailure)  # the tree did nothing wrong: error
+    # The machine is still there and the harness reconnected to the same boot.
+    assert machine.succeed("ls /root/ran-once").strip() == "/root/ran-once"
+
+
+def test_dropped_connection_reruns_an_idempotent_command(machine: Guest) -> None:
+    # Drops the connection the first time only, like a network blip.
+    command = (
+        f"test -e /run/dropped || {{ touch /run/dropped; {DROP_CONNECTION}; sleep 60; }}; echo done"
+    )
+    status, out = machine.execute(command, timeout=120, idempotent=True)
+    assert (status, out.strip()) == (0, "done")
+
+
+def test_guest_that_reboots_on_its_own_is_caught_by_its_boot_id(machine: Guest) -> None:
+    before = machine.boot_id()
+    # The reboot comes from the guest itself, a second later, behind the harness's back.
+    machine.succeed("systemd-run --on-active=1 systemctl reboot")
+    with pytest.raises(TreeFailure, match="rebooted on its own") as info:
+        machine.succeed("sleep 120", timeout=300, idempotent=True)
+    assert isinstance(info.value, TreeFailure)  # failed, not error: the tree rebooted
+    assert machine.boot_id() != before
