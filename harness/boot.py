@@ -20,14 +20,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import log
 from harness.accel import Accel, choose_accel, qemu_version
 from harness.arch import Arch, get_arch
-from harness.errors import UserError
+from harness.errors import TreeFailure, UserError
 from harness.guest import Guest
 from harness.image import Image, build_image
 from harness.keys import ensure_client_key
@@ -168,33 +168,109 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
     ).hexdigest()[:32]
     root = target.state.root / "snapshots"
     root.mkdir(exist_ok=True)
-    final = root / key
+
+    def make(build: Path) -> str:
+        config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}")
+        vm = QemuVM(image.path, config)
+        guest = _guest(target, image, vm, accel)
+        try:
+            with log.nested(f"booting {image.commit[:12]} once to save it ready"):
+                vm.start()
+                guest.wait_for_ssh()
+                return _save_when_settled(guest, vm, build)
+        finally:
+            guest.close()
+            vm.destroy()
+
+    return _saved(root / key, image, make)
+
+
+def derived_state(
+    target: Target,
+    image: Image,
+    accel: Accel,
+    *,
+    what: str,
+    key: object,
+    prepare: Callable[[Guest], None],
+    console_to: Path | None = None,
+    failure_memo: Path | None = None,
+) -> Path:
+    """A saved machine state made once from ``image``'s ready state by ``prepare``, then reused.
+
+    ``prepare`` gets the restored machine and may change it in any way, reboots included
+    (an upgrade, say); the machine is saved once systemd has settled.  ``key`` (JSON) names
+    what ``prepare`` does: equal keys must mean equal states.  Restore it with
+    ``booted(..., state=path)``.  Lives under the image's snapshot, so cleaning that removes
+    it too; ``console_to`` keeps the console log of the preparation (also when it failed).
+
+    A :class:`TreeFailure` while preparing is written to ``failure_memo``; while that file
+    exists, asking for the state raises the same failure at once instead of preparing again
+    (a broken upgrade fails every test that needs it, and costs one attempt).
+    """
+    base = snapshot_for(target, image, accel)
+    digest = hashlib.sha256(json.dumps([what, key]).encode()).hexdigest()[:32]
+    root = base / "derived"
+    root.mkdir(exist_ok=True)
+
+    def make(build: Path) -> str:
+        config = _machine_config(target, image, accel, f"state-{digest[:8]}")
+        vm = QemuVM(base / "disk.qcow2", config, base_format="qcow2", incoming=base / "state")
+        guest = _guest(target, image, vm, accel)
+        guest.expected_boot_id = json.loads((base / "snapshot.json").read_text())["boot_id"]
+        try:
+            with log.nested(f"preparing {what} from {image.commit[:12]}, to save it"):
+                vm.start()
+                guest.wait_for_ssh()
+                guest.sync_clock()
+                prepare(guest)
+                return _save_when_settled(guest, vm, build)
+        finally:
+            guest.close()
+            if console_to is not None and vm.console_log.exists():
+                console_to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(vm.console_log, console_to)
+            vm.destroy()
+
+    return _saved(root / digest, image, make, failure_memo)
+
+
+def _save_when_settled(guest: Guest, vm: QemuVM, dest: Path) -> str:
+    # Ready means systemd finished starting units, whatever their outcome.
+    guest.execute("systemctl is-system-running --wait", timeout=300, idempotent=True)
+    boot_id = guest.boot_id()
+    guest.close()
+    vm.save(dest)
+    return boot_id
+
+
+def _saved(
+    final: Path, image: Image, make: Callable[[Path], str], failure_memo: Path | None = None
+) -> Path:
+    """``final``, made by ``make(build_dir)`` (which returns the saved boot id) if missing.
+
+    Built under a lock, in a temporary directory renamed into place, so parallel workers
+    wait for one build and nobody sees half a state.
+    """
     if (final / "snapshot.json").is_file():
         (final / "snapshot.json").touch()  # last use, for treegate cache gc
         return final
-    with open(root / f"{key}.lock", "w") as lock:
+    with open(final.parent / f"{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "snapshot.json").is_file():
             return final
-        build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        if failure_memo is not None and failure_memo.is_file():
+            raise TreeFailure(failure_memo.read_text())
+        build = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
-            config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}")
-            vm = QemuVM(image.path, config)
-            guest = _guest(target, image, vm, accel)
             try:
-                with log.nested(f"booting {image.commit[:12]} once to save it ready"):
-                    vm.start()
-                    guest.wait_for_ssh()
-                    # Ready means systemd finished starting units, whatever their outcome.
-                    guest.execute(
-                        "systemctl is-system-running --wait", timeout=300, idempotent=True
-                    )
-                    boot_id = guest.boot_id()
-                    guest.close()
-                    vm.save(build)
-            finally:
-                guest.close()
-                vm.destroy()
+                boot_id = make(build)
+            except TreeFailure as exc:
+                if failure_memo is not None:
+                    failure_memo.parent.mkdir(parents=True, exist_ok=True)
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    failure_memo.write_text(f"{type(exc).__name__}: {first} (earlier in this run)")
+                raise
             (build / "snapshot.json").write_text(
                 json.dumps(
                     {
@@ -235,21 +311,26 @@ def booted(
     *,
     name: str = "treegate",
     restore: bool = False,
+    state: Path | None = None,
     console_to: Path | None = None,
 ) -> Iterator[Guest]:
     """Run a machine on a throw-away overlay of ``image`` and yield it once SSH answers.
 
     With ``restore``, the machine starts from the image's saved ready state (see
     :func:`snapshot_for`) in a second or two instead of booting; its disk is still a new
-    overlay, its clock is set to now, and nothing it writes reaches the next machine.  The
+    overlay, its clock is set to now, and nothing it writes reaches the next machine.  With
+    ``state`` (from :func:`derived_state`), it starts from that saved state instead.  The
     machine is destroyed when the block ends, whatever ends it; with ``console_to``, its serial
     console log is kept there first (also when the boot failed).
     """
     reap_stale(machines_dir(target.state))
     accel, why = accel_for(target, image)
     log.info(f"accelerator: {why}")
-    if restore:
+    if state is not None:
+        restore, snapshot = True, state
+    elif restore:
         snapshot = snapshot_for(target, image, accel)
+    if restore:
         config = _machine_config(target, image, accel, name)
         vm = QemuVM(
             snapshot / "disk.qcow2", config, base_format="qcow2", incoming=snapshot / "state"

@@ -30,12 +30,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shlex
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ import pytest
 
 from harness import log
 from harness.arch import ARCHES, get_arch
-from harness.boot import PROJECT_ROOT, Target, booted, image_for
+from harness.boot import PROJECT_ROOT, Target, accel_for, booted, derived_state, image_for
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
 from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError, UserError
@@ -325,14 +326,40 @@ class Harness:
         with _locked(self.state.root / "image.lock"):
             return image_for(self.target(arch), rev, ref=ref)
 
+    def derived(
+        self, image: Image, *, what: str, key: object, prepare: Callable[[Guest], None]
+    ) -> Path:
+        """A machine state made once from ``image`` by ``prepare`` and saved (see
+        :func:`harness.boot.derived_state`); restore it with ``boot(image, state=...)``.
+        A tree failure while preparing it fails, for the rest of the run, every test that
+        asks for it again, without preparing it again."""
+        target = self.target(image.arch)
+        accel, _ = accel_for(target, image)
+        digest = hashlib.sha256(json.dumps([image.key, what, key]).encode()).hexdigest()[:16]
+        return derived_state(
+            target,
+            image,
+            accel,
+            what=what,
+            key=key,
+            prepare=prepare,
+            console_to=self.run_dir / "states" / f"{_machine_name(what)}-{digest}.console.log",
+            failure_memo=self.run_dir / "states" / f"{digest}.failed",
+        )
+
     @contextlib.contextmanager
-    def boot(self, image: Image, *, name: str, restore: bool = False) -> Iterator[Guest]:
+    def boot(
+        self, image: Image, *, name: str, restore: bool = False, state: Path | None = None
+    ) -> Iterator[Guest]:
         """Run a machine of ``image`` for a ``with`` block (restored from its saved ready state
-        when ``restore``); its console log is kept under the run's directory."""
+        when ``restore``, or from ``state``); its console log is kept under the run's
+        directory."""
         target = self.target(image.arch)
         self._boots[name] = self._boots.get(name, 0) + 1
         console = self.run_dir / name / f"console-{self._boots[name]}.log"
-        with booted(target, image, name=name, restore=restore, console_to=console) as guest:
+        with booted(
+            target, image, name=name, restore=restore, state=state, console_to=console
+        ) as guest:
             yield guest
 
 
@@ -455,7 +482,12 @@ def baseline_machine(
 
     ``machine.upgrade(to=candidate.checksum)`` then moves it to the candidate.
     """
-    name = _machine_name(request.node.nodeid)
+    _attach_tree_diff(harness, baseline, candidate, _machine_name(request.node.nodeid))
+    image = harness.image(baseline.checksum, arch, ref=candidate.ref)
+    yield from _booted_for_test(harness, image, request)
+
+
+def _attach_tree_diff(harness: Harness, baseline: Commit, candidate: Commit, name: str) -> None:
     diff = tree_diff(harness.repo, baseline.checksum, candidate.checksum)
     text = diff.text(baseline.checksum, candidate.checksum)
     (harness.run_dir / name).mkdir(parents=True, exist_ok=True)
@@ -463,8 +495,55 @@ def baseline_machine(
     allure.attach(
         text, name="tree diff (baseline → candidate)", attachment_type=allure.attachment_type.TEXT
     )
+
+
+UPGRADE_LOCAL_STATE = (
+    "echo 'treegate local edit' >> /etc/issue",
+    "echo kept > /etc/treegate-local.conf",
+    "mkdir -p /var/lib/treegate && echo data > /var/lib/treegate/data",
+)
+"""What ``upgraded_machine`` changes on the baseline before upgrading it: an edit to a config
+file the tree ships, a config file of the machine's own, and data in ``/var``."""
+
+
+@pytest.fixture
+def upgraded_machine(
+    harness: Harness, baseline: Commit, candidate: Commit, arch: str, request: pytest.FixtureRequest
+) -> Iterator[Guest]:
+    """A machine that ran the baseline, got local state, upgraded to the candidate and
+    rebooted into it -- fresh for each test, restored from a state saved after the first
+    upgrade in the state directory (an upgrade costs a pull, a deploy and a reboot).
+
+    Before the upgrade the baseline got the :data:`UPGRADE_LOCAL_STATE`: a line
+    ``treegate local edit`` appended to ``/etc/issue``, ``/etc/treegate-local.conf``
+    containing ``kept``, and ``/var/lib/treegate/data`` containing ``data``.  It was upgraded
+    with ``machine.upgrade(to=candidate.checksum)`` and rebooted through its bootloader.  A
+    tree failure on the way (the candidate does not boot after the upgrade, say) fails the
+    test, as it would in the test body.
+    """
+    name = _machine_name(request.node.nodeid)
+    _attach_tree_diff(harness, baseline, candidate, name)
     image = harness.image(baseline.checksum, arch, ref=candidate.ref)
-    yield from _booted_for_test(harness, image, request)
+
+    def upgrade(m: Guest) -> None:
+        for command in UPGRADE_LOCAL_STATE:
+            m.succeed(command)
+        m.upgrade(to=candidate.checksum)
+        m.reboot()
+
+    if _cold(harness, request):
+        # No saved states at all: boot the baseline and upgrade it here.
+        for guest in _booted_for_test(harness, image, request):
+            upgrade(guest)
+            yield guest
+        return
+    state = harness.derived(
+        image,
+        what="upgraded",
+        key=[candidate.checksum, UPGRADE_LOCAL_STATE],
+        prepare=upgrade,
+    )
+    yield from _booted_for_test(harness, image, request, state=state)
 
 
 @pytest.fixture
@@ -489,13 +568,13 @@ def shared_machine(harness: Harness, arch: str, request: pytest.FixtureRequest) 
 
 
 def _booted_for_test(
-    harness: Harness, image: Image, request: pytest.FixtureRequest
+    harness: Harness, image: Image, request: pytest.FixtureRequest, state: Path | None = None
 ) -> Iterator[Guest]:
     name = _machine_name(request.node.nodeid)
-    cold = harness.options.cold_boot or request.node.get_closest_marker("cold_boot") is not None
+    cold = _cold(harness, request)
     artifacts = harness.run_dir / name
     try:
-        with harness.boot(image, name=name, restore=not cold) as guest:
+        with harness.boot(image, name=name, restore=not cold, state=state) as guest:
             guest.artifacts = artifacts
             yield guest
             if guest.vm.is_running():
@@ -506,6 +585,11 @@ def _booted_for_test(
                 _keep(guest, request)
     finally:
         _attach_artifacts(artifacts)
+
+
+def _cold(harness: Harness, request: pytest.FixtureRequest) -> bool:
+    # --cold-boot, or a test of the boot path itself: no machine starts from a saved state.
+    return harness.options.cold_boot or request.node.get_closest_marker("cold_boot") is not None
 
 
 def _capture(guest: Guest, artifacts: Path) -> None:
@@ -603,7 +687,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"{_failure_summary(item, exc)}\n\n{report.longrepr}"
 
 
-_MACHINE_FIXTURES = ("machine", "baseline_machine", "shared_machine")
+_MACHINE_FIXTURES = ("machine", "baseline_machine", "upgraded_machine", "shared_machine")
 
 
 def _failure_summary(item: pytest.Item, exc: BaseException) -> str:

@@ -16,12 +16,9 @@ pytestmark = pytest.mark.vm
 
 
 def test_rollback_boots_previous_commit_then_rolls_forward(
-    baseline_machine: Guest, baseline: Commit, candidate: Commit
+    upgraded_machine: Guest, baseline: Commit, candidate: Commit
 ) -> None:
-    m = baseline_machine
-    m.succeed("echo 'treegate local edit' >> /etc/issue")
-    m.upgrade(to=candidate.checksum)
-    m.reboot()
+    m = upgraded_machine  # the baseline, with local edits, upgraded to the candidate
     assert m.booted_commit() == candidate.checksum
 
     m.rollback()

@@ -1,6 +1,9 @@
 """smoke: the candidate boots through its real bootloader and is a healthy OSTree system.
 
-The tests share one booted machine (they leave it as they found it); the reboot comes last.
+The tests share one machine (they leave it as they found it), restored from the state saved
+after the image's first boot -- a cold boot through firmware and GRUB, in this run or an
+earlier one of the same image.  The reboot comes last and goes through firmware and GRUB
+again, in this run.
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ import pytest
 from harness.guest import Guest
 from harness.repo import Commit
 
-# The boot path itself is under test here: boot through firmware and GRUB, never restore.
-pytestmark = [pytest.mark.vm, pytest.mark.cold_boot]
+pytestmark = pytest.mark.vm
 
 
 def test_boots_the_candidate(shared_machine: Guest, candidate: Commit) -> None:

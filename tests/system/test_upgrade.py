@@ -1,7 +1,8 @@
 """upgrade: the last good commit upgrades to the candidate over ostree, keeping local state.
 
-The baseline boots, gets a local edit in /etc and data in /var, pulls the candidate from the
-harness's repo server with ``ostree admin upgrade``, and reboots through its bootloader.
+``upgraded_machine`` is the baseline after it got local edits in /etc and data in /var,
+pulled the candidate from the harness's repo server with ``ostree admin upgrade`` and
+rebooted through its bootloader (see the fixture for the exact local state).
 """
 
 from __future__ import annotations
@@ -15,18 +16,9 @@ pytestmark = pytest.mark.vm
 
 
 def test_upgrade_boots_candidate_and_keeps_local_state(
-    baseline_machine: Guest, baseline: Commit, candidate: Commit
+    upgraded_machine: Guest, baseline: Commit, candidate: Commit
 ) -> None:
-    m = baseline_machine
-    assert m.booted_commit() == baseline.checksum
-    m.succeed("echo 'treegate local edit' >> /etc/issue")
-    m.succeed("echo kept > /etc/treegate-local.conf")
-    m.succeed("mkdir -p /var/lib/treegate && echo data > /var/lib/treegate/data")
-
-    pending = m.upgrade(to=candidate.checksum)
-    assert pending.checksum == candidate.checksum
-    m.reboot()
-
+    m = upgraded_machine
     assert m.booted_commit() == candidate.checksum
     # The three-way merge kept the local edits...
     assert "treegate local edit" in m.succeed("cat /etc/issue")
