@@ -505,6 +505,24 @@ UPGRADE_LOCAL_STATE = (
 """What ``upgraded_machine`` changes on the baseline before upgrading it: an edit to a config
 file the tree ships, a config file of the machine's own, and data in ``/var``."""
 
+DOCKER_IMAGE = "treegate/busybox:test"
+"""The container image ``DOCKER_IMPORT`` makes from the tree's static busybox."""
+
+DOCKER_IMPORT = (
+    "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/busybox $d/bin/;"
+    " for a in sh echo cat; do ln -s busybox $d/bin/$a; done;"
+    f" tar -C $d -c . | docker import - {DOCKER_IMAGE}; rm -rf $d"
+)
+"""Builds a one-binary container image offline (guests have no network to pull from)."""
+
+DOCKER_LOCAL_STATE = (
+    DOCKER_IMPORT,
+    f"docker run --rm --network none -v treegate-data:/data {DOCKER_IMAGE}"
+    " sh -c 'echo kept > /data/file'",
+)
+"""On a baseline with Docker, ``upgraded_machine`` also leaves a container image and a named
+volume ``treegate-data`` whose ``file`` holds ``kept``."""
+
 
 @pytest.fixture
 def upgraded_machine(
@@ -516,7 +534,9 @@ def upgraded_machine(
 
     Before the upgrade the baseline got the :data:`UPGRADE_LOCAL_STATE`: a line
     ``treegate local edit`` appended to ``/etc/issue``, ``/etc/treegate-local.conf``
-    containing ``kept``, and ``/var/lib/treegate/data`` containing ``data``.  It was upgraded
+    containing ``kept``, and ``/var/lib/treegate/data`` containing ``data``; with Docker in
+    the baseline, the :data:`DOCKER_LOCAL_STATE` as well (image :data:`DOCKER_IMAGE`, volume
+    ``treegate-data`` with ``file`` containing ``kept``).  It was upgraded
     with ``machine.upgrade(to=candidate.checksum)`` and rebooted through its bootloader.  A
     tree failure on the way (the candidate does not boot after the upgrade, say) fails the
     test, as it would in the test body.
@@ -525,9 +545,15 @@ def upgraded_machine(
     _attach_tree_diff(harness, baseline, candidate, name)
     image = harness.image(baseline.checksum, arch, ref=candidate.ref)
 
+    docker = has_feature(harness.repo, baseline, "docker")
+
     def upgrade(m: Guest) -> None:
         for command in UPGRADE_LOCAL_STATE:
             m.succeed(command)
+        if docker:
+            m.wait_for_unit("docker.service", timeout=180)
+            for command in DOCKER_LOCAL_STATE:
+                m.succeed(command, timeout=300)
         m.upgrade(to=candidate.checksum)
         m.reboot()
 
@@ -540,7 +566,7 @@ def upgraded_machine(
     state = harness.derived(
         image,
         what="upgraded",
-        key=[candidate.checksum, UPGRADE_LOCAL_STATE],
+        key=[candidate.checksum, UPGRADE_LOCAL_STATE, docker and DOCKER_LOCAL_STATE],
         prepare=upgrade,
     )
     yield from _booted_for_test(harness, image, request, state=state)
