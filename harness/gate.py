@@ -263,7 +263,9 @@ def run_gate(config: GateConfig) -> Verdict:
         built_for = commit.metadata.get("treegate.arch")
         if built_for and built_for != arch:
             raise UserError(
-                f"{expand(config.candidate_ref, arch)} is a {built_for} commit, not {arch}"
+                f"{expand(config.candidate_ref, arch)} holds a commit built for {built_for}, "
+                f"not {arch}",
+                hint="put {arch} in --ref, or pass the arch it was built for",
             )
     if config.rebase_ref is not None:
         for arch in config.arches:

@@ -213,3 +213,25 @@ def test_guest_that_reboots_on_its_own_is_caught_by_its_boot_id(machine: Guest) 
         machine.succeed("sleep 120", timeout=300, idempotent=True)
     assert isinstance(info.value, TreeFailure)  # failed, not error: the tree rebooted
     assert machine.boot_id() != before
+
+
+def test_ssh_port_taken_before_qemu_binds_it_is_retried(
+    harness: Harness, candidate: Commit, arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.machine.qemu as qemu_module
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_free_port = qemu_module.free_port
+    offered = iter([taken])
+    # The first port the harness picks is taken by someone else by the time QEMU binds it.
+    monkeypatch.setattr(qemu_module, "free_port", lambda: next(offered, None) or real_free_port())
+    image = harness.image(candidate.checksum, arch, ref=candidate.ref)
+    try:
+        with harness.boot(image, name="port-taken", restore=True) as machine:
+            assert machine.vm.ssh_port != taken
+            machine.succeed("true")
+    finally:
+        squatter.close()

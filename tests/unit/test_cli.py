@@ -243,3 +243,33 @@ def test_report_on_an_empty_results_dir(tmp_path: Path) -> None:
         state=tmp_path / "s",
     )
     assert_one_line_error(r, 2, "no allure results")
+
+
+def test_gate_on_a_ref_built_for_another_arch_is_one_line(tmp_path: Path, repo: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "usr").mkdir(parents=True)
+    subprocess.run(
+        [
+            "ostree",
+            "commit",
+            f"--repo={repo}",
+            "--branch=treegate/bookworm/aarch64/minimal",
+            f"--tree=dir={tree}",
+            "--add-metadata-string=treegate.arch=aarch64",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    r = treegate(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        "treegate/bookworm/aarch64/minimal",
+        "--promote-to",
+        "tested",
+        "--arch",
+        "x86_64",
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "holds a commit built for aarch64, not x86_64")
