@@ -226,13 +226,18 @@ def derived_state(
                 prepare(guest)
                 return _save_when_settled(guest, vm, build)
         finally:
-            guest.close()
-            if console_to is not None and vm.console_log.exists():
-                console_to.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(vm.console_log, console_to)
-            vm.destroy()
+            _shut_down(guest, vm, console_to)
 
     return _saved(root / digest, image, make, failure_memo)
+
+
+def _shut_down(guest: Guest, vm: QemuVM, console_to: Path | None) -> None:
+    """Close the connection, keep the console log at ``console_to`` if asked, destroy the VM."""
+    guest.close()
+    if console_to is not None and vm.console_log.exists():
+        console_to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vm.console_log, console_to)
+    vm.destroy()
 
 
 def _save_when_settled(guest: Guest, vm: QemuVM, dest: Path) -> str:
@@ -350,11 +355,7 @@ def booted(
                 guest.sync_clock()
         yield guest
     finally:
-        guest.close()
-        if console_to is not None and vm.console_log.exists():
-            console_to.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(vm.console_log, console_to)
-        vm.destroy()
+        _shut_down(guest, vm, console_to)
 
 
 def _safe(name: str) -> str:
