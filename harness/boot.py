@@ -35,6 +35,7 @@ from harness.layout import Layout, load_layout
 from harness.machine.base import MachineConfig
 from harness.machine.qemu import QemuVM, reap_stale
 from harness.repo import Repo
+from harness.signing import SigningKey
 from harness.state import State
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,8 @@ class Target:
     memory_mib: int = 1024
     keep_vm: bool = False
     """Machines may be left running after the harness ends (``--keep-vm``)."""
+    signing: SigningKey | None = None
+    """Images trust this key: guests pull with signature verification on."""
 
     @classmethod
     def create(
@@ -68,6 +71,7 @@ class Target:
         force_accel: str | None = None,
         repo_port: int | None = None,
         keep_vm: bool = False,
+        signing: SigningKey | None = None,
     ) -> Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
@@ -82,6 +86,7 @@ class Target:
             force_accel=force_accel,
             repo_port=repo_port,
             keep_vm=keep_vm,
+            signing=signing,
         )
 
 
@@ -105,6 +110,7 @@ def image_for(target: Target, rev: str, *, ref: str | None = None) -> Image:
             layout=target.layout,
             client_key=target.client_key,
             cache_dir=target.state.images,
+            trusted_key=target.signing,
         )
 
 

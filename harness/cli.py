@@ -18,6 +18,7 @@ from harness import log
 from harness.arch import ARCHES, get_arch
 from harness.boot import PROJECT_ROOT, Target
 from harness.errors import InfraError, TreeFailure, TreegateError, UserError
+from harness.signing import SigningKey
 from harness.state import State
 from harness.suites import SUITES
 
@@ -30,6 +31,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     definition = load_definition(args.definition)
     state = State.at(args.state_dir)
     repo = Repo(args.repo)
+    signing = _signing(args)
     for arch_name in args.arch or ["x86_64"]:
         arch = get_arch(arch_name)
         show = (lambda line: print(f"  {line}", file=sys.stderr)) if not args.quiet else None
@@ -44,8 +46,28 @@ def _cmd_compose(args: argparse.Namespace) -> int:
             exclude_suites=tuple(args.exclude_suite or ()),
         )
         how = "cached" if result.cached else f"composed in {result.seconds:.0f} s"
+        if signing is not None:
+            repo.sign(result.commit, signing)
+            how += f", signed by {signing.fingerprint[-16:]}"
         print(f"{result.ref} {result.commit} ({how})")
     return 0
+
+
+def _signing(args: argparse.Namespace) -> SigningKey | None:
+    from harness.signing import load_key
+
+    if not args.gpg_homedir:
+        if args.gpg_key:
+            raise UserError("--gpg-key needs --gpg-homedir")
+        return None
+    return load_key(Path(args.gpg_homedir), args.gpg_key)
+
+
+def _add_signing(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--gpg-homedir", metavar="DIR", help=f"GnuPG home of the key that {what}")
+    p.add_argument(
+        "--gpg-key", metavar="ID", help="the key in --gpg-homedir (default: its only one)"
+    )
 
 
 def _target(args: argparse.Namespace, arch: str | None = None) -> Target:
@@ -164,6 +186,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         accel=args.accel,
         wait_for_lock=not args.no_wait,
         external_tests=Path(args.external_tests) if args.external_tests else None,
+        signing=_signing(args),
     )
     verdict = run_gate(config)
     print(verdict_table(verdict))
@@ -274,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave this apt suite of the host's sources out (repeatable), e.g. a "
         "security suite whose index the mirror serves stale",
     )
+    _add_signing(p, "signs the commit (a detached signature; cached composes too)")
     _add_common(p)
     p.set_defaults(func=_cmd_compose)
 
@@ -332,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse instead of waiting when another gate holds the tested ref",
     )
     p.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
+    _add_signing(
+        p,
+        "candidates must be signed by, guests verify pulls against, and promotions are signed with",
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_gate)
 

@@ -23,6 +23,7 @@ from harness.compose import compose
 from harness.definition import load_definition
 from harness.gate import GateConfig, Verdict, run_gate, verdict_table
 from harness.repo import Repo
+from harness.signing import SigningKey, demo_key
 from harness.state import State
 
 TREES = Path(__file__).resolve().parent.parent / "fixtures" / "trees"
@@ -64,16 +65,19 @@ def run_demo(
     repo = Repo(workdir / "repo")
     repo.init()
     a = get_arch(arch)
-    print(f"treegate demo: repository {repo.path}", file=sys.stderr)
+    # Signed like a build server's: a local key made on first use signs every compose and
+    # promotion, and the demo's guests verify every pull against it.
+    key = demo_key(workdir / "gpg")
+    print(f"treegate demo: repository {repo.path}, signing key {key.fingerprint}", file=sys.stderr)
     # Each run starts from a stream nobody has gated yet.
     for step in steps(arch):
         repo.delete_ref(step.tested)
     # The rebase target of the first gates must exist before them.
     for name in ("docker", "minimal"):
-        _compose(name, a, repo, state)
+        _compose(name, a, repo, state, key)
     rows: list[tuple[Step, Verdict, bool]] = []
     for step in steps(arch):
-        _compose(step.compose, a, repo, state)
+        _compose(step.compose, a, repo, state, key)
         before = repo.try_resolve(step.tested)
         print(
             f"\n== gating {step.compose}: {step.candidate} → {step.tested} (expect {step.expected})",
@@ -87,6 +91,7 @@ def run_demo(
                 arches=(arch,),
                 rebase_ref=step.rebase,
                 state_dir=state.root,
+                signing=key,
             )
         )
         print(verdict_table(verdict), file=sys.stderr)
@@ -112,12 +117,13 @@ def run_demo(
     return 0 if all(ok for _, _, ok in rows) else 1
 
 
-def _compose(name: str, arch: Arch, repo: Repo, state: State) -> None:
+def _compose(name: str, arch: Arch, repo: Repo, state: State, key: SigningKey) -> None:
     definition = load_definition(TREES / f"{name}.toml")
     print(f"composing {name} for {arch.name} …", file=sys.stderr)
     result = compose(definition, arch, repo, workdir=state.tmp)
     how = "cached" if result.cached else f"{result.seconds:.0f} s"
-    print(f"  {result.ref} {result.commit[:12]} ({how})", file=sys.stderr)
+    repo.sign(result.commit, key)
+    print(f"  {result.ref} {result.commit[:12]} ({how}, signed)", file=sys.stderr)
     # As on a build server, the ref now points at what was just composed (a compose served
     # from the cache of an earlier demo run does not move it by itself).
     repo.set_ref(result.ref, result.commit)

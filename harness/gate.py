@@ -36,6 +36,7 @@ from harness.arch import get_arch
 from harness.errors import UserError
 from harness.external import discover
 from harness.repo import Commit, Repo
+from harness.signing import SigningKey, check_signed
 from harness.state import State
 from harness.store import ResultRow, Store
 from harness.suites import SUITES, SUITES_DIR, Suite, get_suite
@@ -62,6 +63,9 @@ class GateConfig:
     wait_for_lock: bool = True
     external_tests: Path | None = None
     """A directory of external tests in kola's format, run as the ``external`` suite."""
+    signing: SigningKey | None = None
+    """With a key: candidates (and the rebase target) must be signed by it, guests verify
+    every pull against it, and promotion commits and the summary are signed with it."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,11 @@ def run_gate(config: GateConfig) -> Verdict:
         promotions: dict[str, str] = {}
         decision, reason = "interrupted", "interrupted"
         try:
-            if not suites:
+            unsigned = _unsigned(config, repo, candidates)
+            if unsigned:
+                results = unsigned
+                decision, reason = decide(results, [s.name for s in suites], config.arches)
+            elif not suites:
                 decision, reason = "error", "no suite applies to this candidate"
             else:
                 for arch in config.arches:
@@ -353,6 +361,32 @@ def run_gate(config: GateConfig) -> Verdict:
     )
 
 
+def _unsigned(config: GateConfig, repo: Repo, candidates: dict[str, Commit]) -> list[CaseResult]:
+    """With a signing key, a failed "signature" result for each candidate or rebase target
+    not signed by it (nothing is booted for such a candidate: it is refused)."""
+    if config.signing is None:
+        return []
+    out = []
+    for arch, commit in candidates.items():
+        checks = [("candidate", commit.checksum)]
+        if config.rebase_ref is not None:
+            rebase = repo.resolve(expand(config.rebase_ref, arch))
+            checks.append(("rebase target", rebase.checksum))
+        for what, checksum in checks:
+            why = check_signed(repo.path, checksum, config.signing)
+            if why is not None:
+                out.append(
+                    CaseResult(
+                        nodeid=f"signature of the {what}",
+                        arch=arch,
+                        outcome="failed",
+                        duration=0.0,
+                        message=f"{why}: refused",
+                    )
+                )
+    return out
+
+
 def _promote(
     repo: Repo,
     config: GateConfig,
@@ -378,6 +412,7 @@ def _promote(
                 "treegate.suites": ",".join(s.name for s in suites),
                 "treegate.outcomes": json.dumps(outcomes, sort_keys=True),
             },
+            sign=config.signing,
         )
     return promotions
 
@@ -414,6 +449,13 @@ def _run_suites(
         target_args += ["--accel", config.accel]
     if config.external_tests is not None:
         target_args += ["--external-tests", str(config.external_tests.resolve())]
+    if config.signing is not None:
+        target_args += [
+            "--gpg-homedir",
+            str(config.signing.homedir),
+            "--gpg-key",
+            config.signing.fingerprint,
+        ]
     argv = [
         sys.executable,
         "-m",

@@ -44,6 +44,7 @@ from harness.keys import make_host_keys
 from harness.layout import Layout
 from harness.repo import Commit, Repo
 from harness.run import run
+from harness.signing import SigningKey
 
 RECIPE = "3"
 """Bump when the image recipe changes what an image contains: it invalidates the cache."""
@@ -99,11 +100,19 @@ def kernel_args(arch: Arch) -> list[str]:
     ]
 
 
-def image_key(commit: str, ref: str, layout: Layout, arch: Arch, client_key: str) -> str:
+def image_key(
+    commit: str,
+    ref: str,
+    layout: Layout,
+    arch: Arch,
+    client_key: str,
+    trusted_key: SigningKey | None = None,
+) -> str:
     """The cache key of an image: equal keys mean byte-for-byte interchangeable images."""
-    payload = json.dumps(
-        [commit, ref, layout.digest, arch.name, client_key, RECIPE], separators=(",", ":")
-    )
+    parts: list[object] = [commit, ref, layout.digest, arch.name, client_key, RECIPE]
+    if trusted_key is not None:
+        parts.append(trusted_key.fingerprint)
+    payload = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -116,11 +125,13 @@ def build_image(
     layout: Layout,
     client_key: str,
     cache_dir: Path,
+    trusted_key: SigningKey | None = None,
 ) -> Image:
     """Return the image of ``commit`` for ``arch`` and ``layout``, building it if not cached.
 
     ``ref`` becomes the deployment's origin (``treegate:<ref>``), which is what
-    ``ostree admin upgrade`` in the guest follows.
+    ``ostree admin upgrade`` in the guest follows.  With ``trusted_key``, the guest's remote
+    has that public key and ``gpg-verify=true``: every pull in the guest checks signatures.
     """
     if layout.arches and arch.name not in layout.arches:
         raise UserError(
@@ -128,7 +139,7 @@ def build_image(
             hint=f"it supports {', '.join(layout.arches)}",
         )
     start = time.monotonic()
-    key = image_key(commit.checksum, ref, layout, arch, client_key)
+    key = image_key(commit.checksum, ref, layout, arch, client_key, trusted_key)
     final = cache_dir / key[:32]
     meta_path = final / "image.json"
     if meta_path.is_file():
@@ -142,7 +153,7 @@ def build_image(
     cache_dir.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     try:
-        image = _build(repo, commit, ref, arch, layout, client_key, key, build, final)
+        image = _build(repo, commit, ref, arch, layout, client_key, key, build, final, trusted_key)
         meta = {k: v for k, v in asdict(image).items() if k not in ("cached", "seconds")}
         meta["path"] = str(image.path)
         (build / "image.json").write_text(json.dumps(meta, indent=1))
@@ -192,6 +203,7 @@ def _build(
     key: str,
     build: Path,
     final: Path,
+    trusted_key: SigningKey | None,
 ) -> Image:
     stage = build / "stage"
     (stage / "etc").mkdir(parents=True)
@@ -203,6 +215,8 @@ def _build(
         f"LABEL={BOOT_LABEL} /boot ext4 nofail,x-systemd.automount 0 0\n"
     )
     (stage / "authorized_keys").write_text(client_key + "\n")
+    if trusted_key is not None:
+        trusted_key.export_public_key(stage / "trusted.gpg")
     if layout.bootloader == "grub-bios":
         (stage / "grub.cfg").write_text(GRUB_CFG.format(terminal=_GRUB_SERIAL))
     elif layout.bootloader == "grub-efi":
@@ -278,7 +292,12 @@ mkdir "$S"
 ostree admin init-fs "$S" >/dev/null
 ostree admin os-init --sysroot="$S" "$OS" >/dev/null
 R="$S/ostree/repo"
-ostree remote add --repo="$R" --set=gpg-verify=false "$REMOTE" "$REMOTE_URL"
+if [ -f "$STAGE/trusted.gpg" ]; then
+  ostree remote add --repo="$R" --set=gpg-verify=true --gpg-import="$STAGE/trusted.gpg" \
+    "$REMOTE" "$REMOTE_URL"
+else
+  ostree remote add --repo="$R" --set=gpg-verify=false "$REMOTE" "$REMOTE_URL"
+fi
 # --untrusted: every object's checksum is verified on the way in.  A local pull trusts its
 # source otherwise, and would copy a corrupt object into a machine that may well boot.
 ostree pull-local --untrusted --repo="$R" "$SRC_REPO" "$COMMIT" >/dev/null

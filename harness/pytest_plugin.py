@@ -54,6 +54,7 @@ from harness.external import discover
 from harness.guest import Guest
 from harness.image import Image
 from harness.repo import Commit, Repo, serve
+from harness.signing import SigningKey, load_key
 from harness.state import State
 from harness.suites import FEATURES, has_feature
 from harness.treediff import tree_diff
@@ -142,6 +143,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--accel", dest="tg_accel", choices=["kvm", "tcg"], help="force an accelerator")
     g.addoption("--state-dir", dest="tg_state", help="state directory (default: .treegate)")
     g.addoption(
+        "--gpg-homedir",
+        dest="tg_gpg_homedir",
+        metavar="DIR",
+        help="GnuPG home of the signing key: images trust it, guests verify every pull",
+    )
+    g.addoption("--gpg-key", dest="tg_gpg_key", metavar="ID", help="the key in --gpg-homedir")
+    g.addoption(
         "--treegate-results",
         dest="tg_results",
         metavar="FILE",
@@ -202,6 +210,8 @@ class PluginOptions:
     layout: str | None
     accel: str | None
     state_dir: str | None
+    gpg_homedir: str | None = None
+    gpg_key: str | None = None
 
     def excluded_for(self, arch: str) -> tuple[str, ...]:
         """The apt suites to leave out of composes for ``arch``."""
@@ -222,7 +232,15 @@ class PluginOptions:
             layout=config.getoption("tg_layout"),
             accel=config.getoption("tg_accel"),
             state_dir=config.getoption("tg_state"),
+            gpg_homedir=config.getoption("tg_gpg_homedir"),
+            gpg_key=config.getoption("tg_gpg_key"),
         )
+
+    def signing(self) -> SigningKey | None:
+        """The signing key images trust, if ``--gpg-homedir`` names one."""
+        if not self.gpg_homedir:
+            return None
+        return load_key(Path(self.gpg_homedir), self.gpg_key)
 
 
 @dataclass
@@ -237,6 +255,8 @@ class Harness:
     run_dir: Path
     repo_port: int
     """Port of the session's read-only repo server (what guests pull upgrades from)."""
+    signing: SigningKey | None = None
+    """The key images trust (``--gpg-homedir``): guests verify signatures on every pull."""
     _targets: dict[str, Target] = field(default_factory=dict)
     _boots: dict[str, int] = field(default_factory=dict)
 
@@ -251,6 +271,7 @@ class Harness:
                 force_accel=self.options.accel,
                 repo_port=self.repo_port,
                 keep_vm=self.options.keep_vm,
+                signing=self.signing,
             )
         return self._targets[arch]
 
@@ -386,12 +407,19 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         else:
             repo = Repo(state.root / "fixtures-repo")
             repo.init()
+        signing = options.signing()
     except TreegateError as exc:
         pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
     run_dir = state.runs / os.environ["TREEGATE_RUN_ID"]
     with serve(repo) as port:
         yield Harness(
-            options, state, repo, composed=not options.repo, run_dir=run_dir, repo_port=port
+            options,
+            state,
+            repo,
+            composed=not options.repo,
+            run_dir=run_dir,
+            repo_port=port,
+            signing=signing,
         )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.errors import CommandError, UserError
 from harness.run import run
+from harness.signing import SigningKey, check_signed
 
 _CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
 
@@ -180,13 +181,20 @@ class Repo:
         return checksum
 
     def promote(
-        self, candidate: Commit, tested_ref: str, *, subject: str, metadata: dict[str, str]
+        self,
+        candidate: Commit,
+        tested_ref: str,
+        *,
+        subject: str,
+        metadata: dict[str, str],
+        sign: SigningKey | None = None,
     ) -> str:
         """Move ``tested_ref`` to the candidate's tree in one atomic ref update.
 
         The new commit on ``tested_ref`` has the candidate's exact tree, the previous tested
         commit as parent, and ``metadata`` recording why it was promoted; then the summary is
-        regenerated so remotes see it.  Returns the promotion commit's checksum.
+        regenerated so remotes see it.  With ``sign``, the commit and the summary are signed.
+        Returns the promotion commit's checksum.
         """
         meta = {"version": candidate.version, **metadata}
         args = [
@@ -198,9 +206,16 @@ class Repo:
             # (12 s for the minimal tree) for metadata the candidate commit already carries.
         ]
         args += [f"--add-metadata-string={k}={v}" for k, v in sorted(meta.items())]
+        args += sign.sign_args if sign is not None else []
         checksum = self._ostree(*args).strip()
-        self.update_summary()
+        self.update_summary(sign)
         return checksum
+
+    def sign(self, commit: str, key: SigningKey) -> None:
+        """Sign ``commit`` with ``key`` (a detached signature; the checksum stays), once."""
+        if check_signed(self.path, commit, key) is None:
+            return
+        self._ostree("gpg-sign", f"--gpg-homedir={key.homedir}", commit, key.fingerprint)
 
     def set_ref(self, ref: str, checksum: str) -> None:
         """Point ``ref`` at ``checksum`` (creating or moving it), then update the summary."""
@@ -213,9 +228,9 @@ class Repo:
             self._ostree("refs", "--delete", ref)
             self.update_summary()
 
-    def update_summary(self) -> None:
-        """Regenerate the summary file so remotes see the current refs."""
-        self._ostree("summary", "-u")
+    def update_summary(self, sign: SigningKey | None = None) -> None:
+        """Regenerate the summary file so remotes see the current refs (signed with ``sign``)."""
+        self._ostree("summary", "-u", *(sign.sign_args if sign is not None else []))
 
     def content_checksum(self, commit: str) -> str:
         """The checksum of the commit's tree: equal for commits with identical content."""

@@ -273,3 +273,39 @@ def test_gate_on_a_ref_built_for_another_arch_is_one_line(tmp_path: Path, repo: 
         state=tmp_path / "s",
     )
     assert_one_line_error(r, 2, "holds a commit built for aarch64, not x86_64")
+
+
+def test_gate_with_a_missing_gpg_homedir_is_one_line(tmp_path: Path, repo: Path) -> None:
+    r = treegate(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        "treegate/bookworm/x86_64/minimal",
+        "--promote-to",
+        "tested",
+        "--gpg-homedir",
+        str(tmp_path / "no-such-gpg"),
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "GnuPG home directory", "does not exist")
+
+
+def test_gate_with_a_gpg_homedir_without_a_secret_key_is_one_line(
+    tmp_path: Path, repo: Path
+) -> None:
+    home = tmp_path / "gpg"
+    home.mkdir(mode=0o700)
+    r = treegate(
+        "gate",
+        "--repo",
+        str(repo),
+        "--ref",
+        "treegate/bookworm/x86_64/minimal",
+        "--promote-to",
+        "tested",
+        "--gpg-homedir",
+        str(home),
+        state=tmp_path / "s",
+    )
+    assert_one_line_error(r, 2, "no secret key in")
