@@ -109,6 +109,7 @@ def test_good_candidate_is_promoted(
         ("broken-init", "minimal", "smoke"),  # kernel panic at switch-root
         ("failing-unit", "minimal", "smoke"),  # system degraded
         ("sshd-broken", "minimal", "upgrade"),  # sshd dead only once upgraded
+        ("migration-broken", "minimal", "upgrade"),  # a unit that fails only when upgraded
         ("docker-broken", "docker", "docker"),  # Docker broken in the docker tree
     ],
 )

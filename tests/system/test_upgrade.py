@@ -31,3 +31,7 @@ def test_upgrade_boots_candidate_and_keeps_local_state(
     deployments = m.deployments()
     assert [d.checksum for d in deployments] == [candidate.checksum, baseline.checksum]
     assert deployments[0].booted
+    # The upgraded system came up clean: no unit failed on the machine's own state.
+    state = m.execute("systemctl is-system-running --wait", timeout=120, idempotent=True)[1]
+    failed = m.succeed("systemctl --failed --no-legend --plain", idempotent=True)
+    assert state.strip() == "running", f"upgraded system is {state.strip()}; failed:\n{failed}"
