@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import log
 from harness.arch import ARCHES, get_arch
@@ -21,6 +22,9 @@ from harness.errors import InfraError, TreeFailure, TreegateError, UserError
 from harness.signing import SigningKey
 from harness.state import State
 from harness.suites import SUITES
+
+if TYPE_CHECKING:
+    from harness.gate import GateConfig
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
@@ -51,6 +55,52 @@ def _cmd_compose(args: argparse.Namespace) -> int:
             how += f", signed by {signing.fingerprint[-16:]}"
         print(f"{result.ref} {result.commit} ({how})")
     return 0
+
+
+def gate_config(args: argparse.Namespace) -> GateConfig:
+    """The gate's configuration: ``--config``'s stream, overridden by the flags given."""
+    import dataclasses
+
+    from harness.config import load_config
+    from harness.gate import GateConfig, config_for_stream
+
+    signing = _signing(args)
+    if args.config:
+        config_file = load_config(Path(args.config))
+        stream = config_file.stream(args.stream)
+        if signing is None and config_file.signing is not None:
+            from harness.signing import load_key
+
+            signing = load_key(config_file.signing.gpg_homedir, config_file.signing.key)
+        base = config_for_stream(config_file, stream, signing=signing)
+    elif args.stream:
+        raise UserError("--stream needs --config")
+    else:
+        for flag, value in (("--repo", args.repo), ("--ref", args.ref)):
+            if not value:
+                raise UserError(f"{flag} is required (or --config)")
+        if not args.promote_to:
+            raise UserError("--promote-to is required (or --config)")
+        base = GateConfig(Path(args.repo), args.ref, args.promote_to, signing=signing)
+    overrides = {
+        "repo": Path(args.repo) if args.repo else None,
+        "candidate_ref": args.ref,
+        "tested_ref": args.promote_to,
+        "arches": tuple(args.arch) if args.arch else None,
+        "suites": tuple(args.suite) if args.suite else None,
+        "rebase_ref": args.rebase_ref,
+        "state_dir": Path(args.state_dir) if args.state_dir else None,
+        "timeout_min": args.timeout_min,
+        "external_tests": Path(args.external_tests) if args.external_tests else None,
+    }
+    return dataclasses.replace(
+        base,
+        **{k: v for k, v in overrides.items() if v is not None},
+        workers=args.workers,
+        layout=args.layout,
+        accel=args.accel,
+        wait_for_lock=not args.no_wait,
+    )
 
 
 def _signing(args: argparse.Namespace) -> SigningKey | None:
@@ -171,23 +221,9 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     import json
 
-    from harness.gate import GateConfig, run_gate, verdict_table
+    from harness.gate import run_gate, verdict_table
 
-    config = GateConfig(
-        repo=Path(args.repo),
-        candidate_ref=args.ref,
-        tested_ref=args.promote_to,
-        arches=tuple(args.arch or ["x86_64"]),
-        suites=tuple(args.suite or ()),
-        rebase_ref=args.rebase_ref,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        workers=args.workers,
-        layout=args.layout,
-        accel=args.accel,
-        wait_for_lock=not args.no_wait,
-        external_tests=Path(args.external_tests) if args.external_tests else None,
-        signing=_signing(args),
-    )
+    config = gate_config(args)
     verdict = run_gate(config)
     print(verdict_table(verdict))
     if args.json:
@@ -322,11 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit status: 0 promoted, 1 rejected (a test failed: the tree is bad), "
         "2 bad input, 3 error (the harness or host broke: nothing promoted), 130 interrupted.",
     )
-    p.add_argument("--repo", required=True, help="OSTree repository")
-    p.add_argument("--ref", required=True, help="candidate ref (may contain {arch})")
+    p.add_argument(
+        "--config", metavar="FILE", help="treegate.toml: the stream's settings are the defaults"
+    )
+    p.add_argument("--stream", help="the stream of --config to gate (default: its only one)")
+    p.add_argument("--repo", help="OSTree repository")
+    p.add_argument("--ref", help="candidate ref (may contain {arch})")
     p.add_argument(
         "--promote-to",
-        required=True,
         metavar="TESTED_REF",
         help="tested ref moved on success; its commit is the upgrade baseline (may contain {arch})",
     )
@@ -356,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse instead of waiting when another gate holds the tested ref",
     )
     p.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
+    p.add_argument(
+        "--timeout-min",
+        type=float,
+        metavar="MIN",
+        help="stop the gate's tests after this many minutes (an error: nothing promoted)",
+    )
     _add_signing(
         p,
         "candidates must be signed by, guests verify pulls against, and promotions are signed with",

@@ -9,6 +9,10 @@ build server would see them, checking each verdict against the expected one:
 3. the docker tree: promoted (smoke, docker, rebase);
 4. a broken candidate for the minimal stream (its init exits): rejected as *failed*, and the
    tested ref is left where it was.
+
+Like a build server it first writes its ``treegate.toml`` (one stream per candidate ref) and
+makes a local signing key: every compose and promotion is signed, and the guests verify
+every pull.  Each gate is the stream's, as ``treegate gate --config … --stream …`` runs it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from pathlib import Path
 
 from harness.arch import Arch, get_arch
 from harness.compose import compose
+from harness.config import load_config
 from harness.definition import load_definition
-from harness.gate import GateConfig, Verdict, run_gate, verdict_table
+from harness.gate import Verdict, config_for_stream, run_gate, verdict_table
 from harness.repo import Repo
 from harness.signing import SigningKey, demo_key
 from harness.state import State
@@ -38,6 +43,31 @@ class Step:
     tested: str
     rebase: str
     expected: str
+
+    @property
+    def stream(self) -> str:
+        """The name of its stream in the demo's ``treegate.toml``."""
+        return self.candidate.rsplit("/", 1)[-1]
+
+
+def write_config(path: Path, arch: str) -> None:
+    """The demo's ``treegate.toml``: its repository, signing key and streams."""
+    lines = ['repo = "repo"', "", "[signing]", 'gpg_homedir = "gpg"']
+    seen = set()
+    for step in steps(arch):
+        if step.stream in seen:
+            continue
+        seen.add(step.stream)
+        lines += [
+            "",
+            f"[streams.{step.stream}]",
+            f'candidate = "{step.candidate.replace(arch, "{arch}")}"',
+            f'tested = "{step.tested.replace(arch, "{arch}")}"',
+            f'arches = ["{arch}"]',
+            f'rebase = "{step.rebase.replace(arch, "{arch}")}"',
+            "timeout_min = 30",
+        ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def steps(arch: str) -> list[Step]:
@@ -68,7 +98,12 @@ def run_demo(
     # Signed like a build server's: a local key made on first use signs every compose and
     # promotion, and the demo's guests verify every pull against it.
     key = demo_key(workdir / "gpg")
-    print(f"treegate demo: repository {repo.path}, signing key {key.fingerprint}", file=sys.stderr)
+    write_config(workdir / "treegate.toml", arch)
+    config = load_config(workdir / "treegate.toml")
+    print(
+        f"treegate demo: {config.path} (repository {repo.path}, signing key {key.fingerprint})",
+        file=sys.stderr,
+    )
     # Each run starts from a stream nobody has gated yet.
     for step in steps(arch):
         repo.delete_ref(step.tested)
@@ -84,15 +119,7 @@ def run_demo(
             file=sys.stderr,
         )
         verdict = run_gate(
-            GateConfig(
-                repo=repo.path,
-                candidate_ref=step.candidate,
-                tested_ref=step.tested,
-                arches=(arch,),
-                rebase_ref=step.rebase,
-                state_dir=state.root,
-                signing=key,
-            )
+            config_for_stream(config, config.stream(step.stream), signing=key, state_dir=state.root)
         )
         print(verdict_table(verdict), file=sys.stderr)
         ok = verdict.decision == step.expected

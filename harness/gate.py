@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.arch import get_arch
+from harness.config import Config, Stream
 from harness.errors import UserError
 from harness.external import discover
 from harness.repo import Commit, Repo
@@ -63,9 +64,32 @@ class GateConfig:
     wait_for_lock: bool = True
     external_tests: Path | None = None
     """A directory of external tests in kola's format, run as the ``external`` suite."""
+    timeout_min: float | None = None
+    """Bound on the whole gate's tests: past it, pytest is stopped and the gate is an error."""
     signing: SigningKey | None = None
     """With a key: candidates (and the rebase target) must be signed by it, guests verify
     every pull against it, and promotion commits and the summary are signed with it."""
+
+
+def config_for_stream(
+    config: Config,
+    stream: Stream,
+    *,
+    signing: SigningKey | None = None,
+    state_dir: Path | None = None,
+) -> GateConfig:
+    """The gate of one stream of a ``treegate.toml`` (the CLI's flags may override it)."""
+    return GateConfig(
+        repo=config.repo,
+        candidate_ref=stream.candidate,
+        tested_ref=stream.tested,
+        arches=stream.arches,
+        suites=stream.suites,
+        rebase_ref=stream.rebase,
+        state_dir=state_dir or config.state_dir,
+        timeout_min=stream.timeout_min,
+        signing=signing,
+    )
 
 
 @dataclass(frozen=True)
@@ -307,6 +331,9 @@ def run_gate(config: GateConfig) -> Verdict:
             elif not suites:
                 decision, reason = "error", "no suite applies to this candidate"
             else:
+                deadline = (
+                    time.monotonic() + config.timeout_min * 60 if config.timeout_min else None
+                )
                 for arch in config.arches:
                     results += _run_suites(
                         config,
@@ -317,6 +344,7 @@ def run_gate(config: GateConfig) -> Verdict:
                         baselines[arch],
                         suites,
                         run_dir / arch,
+                        deadline,
                     )
                 decision, reason = decide(results, [s.name for s in suites], config.arches)
             if decision == "promoted":
@@ -426,6 +454,7 @@ def _run_suites(
     baseline: Commit | None,
     suites: Sequence[Suite],
     run_dir: Path,
+    deadline: float | None = None,
 ) -> list[CaseResult]:
     run_dir.mkdir(parents=True, exist_ok=True)
     results_file = run_dir / "results.json"
@@ -477,7 +506,18 @@ def _run_suites(
     if config.workers > 1:
         argv += ["-n", str(config.workers), "--dist", "loadfile"]
     env = {**os.environ, "TREEGATE_RUN_ID": str(run_dir.relative_to(state.runs))}
-    code = _run_pytest(argv, env)
+    code = _run_pytest(argv, env, deadline)
+    if code == TIMED_OUT:
+        return [
+            CaseResult(
+                nodeid=f"pytest ({', '.join(s.name for s in suites)})",
+                arch=arch,
+                outcome="error",
+                duration=0.0,
+                message=f"the gate's timeout of {config.timeout_min:g} min expired; "
+                "its machines were stopped",
+            )
+        ]
     try:
         raw = json.loads(results_file.read_text())
     except (OSError, ValueError):
@@ -519,22 +559,37 @@ def _run_suites(
     return out
 
 
-def _run_pytest(argv: list[str], env: dict[str, str]) -> int:
-    """Run pytest in its own process group; on Ctrl-C or SIGTERM, stop it and its VMs cleanly."""
+TIMED_OUT = -1
+"""What :func:`_run_pytest` returns when the deadline passed."""
+
+
+def _run_pytest(argv: list[str], env: dict[str, str], deadline: float | None = None) -> int:
+    """Run pytest in its own process group; on Ctrl-C or SIGTERM, or at ``deadline``
+    (monotonic seconds: then :data:`TIMED_OUT` is returned), stop it and its VMs cleanly."""
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
     try:
-        return proc.wait()
-    except BaseException:
-        # pytest turns SIGINT into KeyboardInterrupt: fixtures destroy their machines.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
+        if deadline is None:
+            return proc.wait()
         try:
-            proc.wait(timeout=30)
+            return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _stop(proc)
+            return TIMED_OUT
+    except BaseException:
+        _stop(proc)
         raise
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # pytest turns SIGINT into KeyboardInterrupt: fixtures destroy their machines.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def verdict_table(verdict: Verdict) -> str:
@@ -544,6 +599,11 @@ def verdict_table(verdict: Verdict) -> str:
         lines += [
             f"  {a.arch:7} {a.candidate_ref} {a.candidate[:12]} → {a.tested_ref}"
             for a in verdict.per_arch
+        ]
+    elif verdict.per_arch:
+        a = verdict.per_arch[0]  # its refs with {arch} expanded
+        lines = [
+            f"{verdict.decision.upper()}: {a.candidate_ref} {a.candidate[:12]} → {a.tested_ref}"
         ]
     else:
         lines = [
