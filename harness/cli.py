@@ -231,6 +231,25 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return verdict.exit_code
 
 
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    from harness.bisect import bisect, pytest_runner
+    from harness.repo import Repo
+
+    state = State.at(args.state_dir)
+    repo = Repo(args.repo)
+    repo.check()
+    get_arch(args.arch)
+    result = bisect(repo, args.good, args.bad, pytest_runner(repo, args.test, args.arch, state, []))
+    first = result.first_bad
+    print(f"first bad commit: {first.checksum}")
+    print(f"  version: {first.version or '(none)'}")
+    print(f"  {len(result.probes)} test run(s) over {result.commits} commit(s):")
+    for probe in result.probes:
+        print(f"    {probe.commit[:12]} {probe.outcome:7} {probe.seconds:6.1f}s")
+    print("  " + result.diff.replace("\n", "\n  "))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from harness.demo import run_demo
 
@@ -407,6 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.set_defaults(func=_cmd_gate)
+
+    p = sub.add_parser(
+        "bisect",
+        help="find the first commit between a good and a bad one where a test fails",
+        description="Binary search over the first-parent history from --bad back to --good, "
+        "running one test (a pytest node id) on each probe as the gate runs it.",
+    )
+    p.add_argument("--repo", required=True, help="OSTree repository")
+    p.add_argument("--good", required=True, help="a commit (or ref) where the test passes")
+    p.add_argument("--bad", required=True, help="a later commit (or ref) where it fails")
+    p.add_argument(
+        "--test",
+        required=True,
+        metavar="NODEID",
+        help="one test, e.g. 'tests/system/test_smoke.py::test_system_is_running[x86_64]'",
+    )
+    p.add_argument("--arch", default="x86_64", help="arch to test on (default x86_64)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_bisect)
 
     p = sub.add_parser(
         "demo", help="compose the fixture trees and gate them, checking every verdict"

@@ -506,7 +506,7 @@ def _run_suites(
     if config.workers > 1:
         argv += ["-n", str(config.workers), "--dist", "loadfile"]
     env = {**os.environ, "TREEGATE_RUN_ID": str(run_dir.relative_to(state.runs))}
-    code = _run_pytest(argv, env, deadline)
+    code = run_pytest(argv, env, deadline)
     if code == TIMED_OUT:
         return [
             CaseResult(
@@ -560,10 +560,10 @@ def _run_suites(
 
 
 TIMED_OUT = -1
-"""What :func:`_run_pytest` returns when the deadline passed."""
+"""What :func:`run_pytest` returns when the deadline passed."""
 
 
-def _run_pytest(argv: list[str], env: dict[str, str], deadline: float | None = None) -> int:
+def run_pytest(argv: list[str], env: dict[str, str], deadline: float | None = None) -> int:
     """Run pytest in its own process group; on Ctrl-C or SIGTERM, or at ``deadline``
     (monotonic seconds: then :data:`TIMED_OUT` is returned), stop it and its VMs cleanly."""
     proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
