@@ -231,6 +231,33 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return verdict.exit_code
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.signing import load_key
+    from harness.watch import WatchConfig, watch
+
+    config = load_config(Path(args.config))
+    signing = _signing(args)
+    if signing is None and config.signing is not None:
+        signing = load_key(config.signing.gpg_homedir, config.signing.key)
+    if args.interval <= 0:
+        raise UserError("--interval must be positive")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return watch(
+        WatchConfig(
+            config=config,
+            interval=args.interval,
+            once=args.once,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            signing=signing,
+        ),
+        say,
+    )
+
+
 def _cmd_bisect(args: argparse.Namespace) -> int:
     from harness.bisect import bisect, pytest_runner
     from harness.repo import Repo
@@ -426,6 +453,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.set_defaults(func=_cmd_gate)
+
+    p = sub.add_parser(
+        "watch",
+        help="follow the streams of a treegate.toml and gate each new candidate commit",
+        description="Polls every stream's candidate refs; gates each new head with the "
+        "stream's settings; commits superseded before they were gated are recorded as such. "
+        "What was handled is kept in the store, so a restart gates nothing twice. "
+        "SIGTERM stops it (exit 0 between gates, 130 if it interrupted one).",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="treegate.toml")
+    p.add_argument(
+        "--interval", type=float, default=30.0, help="seconds between polls (default 30)"
+    )
+    p.add_argument("--once", action="store_true", help="one pass over the streams, then exit")
+    _add_signing(p, "overrides the config's signing key")
+    _add_common(p)
+    p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser(
         "bisect",

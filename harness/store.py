@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS results (
     reproduce TEXT
 );
 CREATE INDEX IF NOT EXISTS results_by_node ON results(nodeid, arch);
+CREATE TABLE IF NOT EXISTS watched (
+    stream TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    candidate TEXT NOT NULL,
+    status TEXT NOT NULL,
+    run_id INTEGER REFERENCES runs(id),
+    seen REAL NOT NULL,
+    PRIMARY KEY (stream, arch, candidate)
+);
 """
 
 
@@ -162,3 +171,24 @@ class Store:
                 (run_id,),
             ).fetchall()
             return [ResultRow(*r) for r in rows]
+
+    def mark_watched(
+        self, stream: str, arch: str, candidate: str, status: str, run_id: int | None = None
+    ) -> None:
+        """Record what ``treegate watch`` did with a candidate commit of a stream: *gated*
+        (with its run), *superseded* (a newer commit came before it was gated)."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO watched (stream, arch, candidate, status, run_id, seen)"
+                " VALUES (?,?,?,?,?,?)",
+                (stream, arch, candidate, status, run_id, time.time()),
+            )
+
+    def watched(self, stream: str, arch: str) -> dict[str, str]:
+        """The candidate commits ``treegate watch`` handled for a stream's arch, by status."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT candidate, status FROM watched WHERE stream = ? AND arch = ?",
+                (stream, arch),
+            ).fetchall()
+        return {str(c): str(s) for c, s in rows}
