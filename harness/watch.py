@@ -79,7 +79,7 @@ def _new_heads(repo: Repo, store: Store, stream: Stream) -> dict[str, str]:
         if head is None:
             return {}  # an arch without a candidate yet: nothing to gate as a whole
         heads[arch] = head.checksum
-    if all(c in store.watched(stream.name, a) for a, c in heads.items()):
+    if all(c in store.watched(_key(repo, stream), a) for a, c in heads.items()):
         return {}
     return heads
 
@@ -87,12 +87,17 @@ def _new_heads(repo: Repo, store: Store, stream: Stream) -> dict[str, str]:
 def _record(repo: Repo, store: Store, stream: Stream, verdict: Verdict) -> None:
     """Mark the gated head of each arch, and the commits it superseded since the last one."""
     for a in verdict.per_arch:
-        handled = store.watched(stream.name, a.arch)
+        handled = store.watched(_key(repo, stream), a.arch)
         if handled:
             # Walk back from the gated commit to the last one handled: those in between were
             # never gated on their own.
             for commit in repo.history(a.candidate, limit=200)[1:]:
                 if commit.checksum in handled:
                     break
-                store.mark_watched(stream.name, a.arch, commit.checksum, "superseded")
-        store.mark_watched(stream.name, a.arch, a.candidate, "gated", verdict.run_id)
+                store.mark_watched(_key(repo, stream), a.arch, commit.checksum, "superseded")
+        store.mark_watched(_key(repo, stream), a.arch, a.candidate, "gated", verdict.run_id)
+
+
+def _key(repo: Repo, stream: Stream) -> str:
+    # Streams of different repositories may share a name; the store tells them apart.
+    return f"{repo.path}#{stream.name}"

@@ -88,8 +88,8 @@ def test_watch_gates_each_new_commit_once(
     with sqlite3.connect(harness.state.root / "treegate.db") as db:
         rows = dict(
             db.execute(
-                "SELECT candidate, status FROM watched WHERE stream = 'minimal' AND arch = ?",
-                (arch,),
+                "SELECT candidate, status FROM watched WHERE stream = ? AND arch = ?",
+                (f"{repo.path}#minimal", arch),
             ).fetchall()
         )
     assert {first: "gated", skipped: "superseded", bad: "gated"}.items() <= rows.items(), rows
