@@ -63,6 +63,7 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
 
     from harness.config import load_config
     from harness.gate import GateConfig, config_for_stream
+    from harness.quarantine import load_quarantine
 
     signing = _signing(args)
     if args.config:
@@ -92,6 +93,8 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
         "state_dir": Path(args.state_dir) if args.state_dir else None,
         "timeout_min": args.timeout_min,
         "external_tests": Path(args.external_tests) if args.external_tests else None,
+        "quarantine": load_quarantine(Path(args.quarantine)) if args.quarantine else None,
+        "flaky_passes": True if args.flaky_passes else None,
     }
     return dataclasses.replace(
         base,
@@ -256,6 +259,20 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         ),
         say,
     )
+
+
+def _cmd_flakes(args: argparse.Namespace) -> int:
+    from harness.store import Store
+
+    state = State.at(args.state_dir)
+    flakes = Store(state.root / "treegate.db").flakes(limit=args.limit, last_runs=args.runs)
+    if not flakes:
+        print(f"no flaky test in the last {args.runs} gates")
+        return 0
+    print(f"{'flaky':>5} {'changes':>7} {'runs':>4}  {'last':11} {'arch':7} test")
+    for f in flakes:
+        print(f"{f.flaky:5} {f.changes:7} {f.runs:4}  {f.last:11} {f.arch:7} {f.nodeid}")
+    return 0
 
 
 def _cmd_bisect(args: argparse.Namespace) -> int:
@@ -442,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
     p.add_argument(
+        "--quarantine",
+        metavar="FILE",
+        help="known-bad tests (test, arch, reason, expires) reported but not blocking",
+    )
+    p.add_argument(
+        "--flaky-passes",
+        action="store_true",
+        help="a flaky test (error, then passed on a retry) counts as a pass",
+    )
+    p.add_argument(
         "--timeout-min",
         type=float,
         metavar="MIN",
@@ -470,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_signing(p, "overrides the config's signing key")
     _add_common(p)
     p.set_defaults(func=_cmd_watch)
+
+    p = sub.add_parser(
+        "flakes",
+        help="the flakiest tests of recent gates, from the store",
+        description="Tests that ended flaky (error, then passed on a retry) or changed "
+        "outcome between gates, most flaky first.",
+    )
+    p.add_argument("--limit", type=int, default=20, help="how many tests (default 20)")
+    p.add_argument("--runs", type=int, default=100, help="over the last N gates (default 100)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_flakes)
 
     p = sub.add_parser(
         "bisect",

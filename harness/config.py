@@ -10,6 +10,9 @@
     gpg_homedir = "keys/gpg"
     key = "A49C92DEBD61489D"            # optional when the home holds one secret key
 
+    quarantine = "quarantine.toml"      # optional: see harness.quarantine
+    flaky_passes = false                # optional: a flaky test counts as a pass
+
     [streams.minimal]
     candidate = "treegate/bookworm/{arch}/minimal"
     tested = "treegate/bookworm/{arch}/minimal-tested"
@@ -68,6 +71,8 @@ class Config:
     backend: str = "qemu"
     state_dir: Path | None = None
     signing: Signing | None = None
+    quarantine: Path | None = None
+    flaky_passes: bool = False
 
     def stream(self, name: str | None) -> Stream:
         """The stream ``name``; without a name, the only one."""
@@ -85,7 +90,15 @@ class Config:
         )
 
 
-_TOP = {"repo": str, "backend": str, "state_dir": str, "signing": dict, "streams": dict}
+_TOP = {
+    "repo": str,
+    "backend": str,
+    "state_dir": str,
+    "signing": dict,
+    "streams": dict,
+    "quarantine": str,
+    "flaky_passes": bool,
+}
 _SIGNING = {"gpg_homedir": str, "key": str}
 _STREAM = {
     "candidate": str,
@@ -164,6 +177,8 @@ def load_config(path: Path) -> Config:
         backend=backend,
         state_dir=base / data["state_dir"] if "state_dir" in data else None,
         signing=signing,
+        quarantine=base / data["quarantine"] if "quarantine" in data else None,
+        flaky_passes=data.get("flaky_passes", False),
     )
 
 
@@ -173,8 +188,14 @@ def _check_keys(path: Path, where: str, table: dict[str, Any], schema: dict[str,
             raise UserError(f"{path}: unknown key {where}{key}" + _did_you_mean(key, schema))
         expected = schema[key]
         # bool is an int to Python, never a number (or anything else) in a config.
-        if isinstance(value, bool) or not isinstance(value, expected):
-            names = {str: "a string", list: "a list", dict: "a table", (int, float): "a number"}
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            names = {
+                str: "a string",
+                list: "a list",
+                dict: "a table",
+                (int, float): "a number",
+                bool: "true or false",
+            }
             raise UserError(f"{path}: {where}{key} must be {names[expected]}, not {_kind(value)}")
 
 

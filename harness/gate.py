@@ -19,6 +19,8 @@ arch (``treegate/bookworm/{arch}/minimal``); without it the same ref is used for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import fcntl
 import hashlib
 import json
@@ -36,6 +38,7 @@ from harness.arch import get_arch
 from harness.config import Config, Stream
 from harness.errors import UserError
 from harness.external import discover
+from harness.quarantine import Entry, apply_quarantine, load_quarantine
 from harness.repo import Commit, Repo
 from harness.signing import SigningKey, check_signed
 from harness.state import State
@@ -66,6 +69,11 @@ class GateConfig:
     """A directory of external tests in kola's format, run as the ``external`` suite."""
     timeout_min: float | None = None
     """Bound on the whole gate's tests: past it, pytest is stopped and the gate is an error."""
+    flaky_passes: bool = False
+    """Policy: a flaky test (error, then passed when retried on a fresh machine) counts as a
+    pass.  By default it does not, and the gate ends in error (nothing proven)."""
+    quarantine: tuple[Entry, ...] = ()
+    """Known-bad tests that are reported but do not block (see :mod:`harness.quarantine`)."""
     signing: SigningKey | None = None
     """With a key: candidates (and the rebase target) must be signed by it, guests verify
     every pull against it, and promotion commits and the summary are signed with it."""
@@ -89,6 +97,8 @@ def config_for_stream(
         state_dir=state_dir or config.state_dir,
         timeout_min=stream.timeout_min,
         signing=signing,
+        flaky_passes=config.flaky_passes,
+        quarantine=load_quarantine(config.quarantine) if config.quarantine else (),
     )
 
 
@@ -176,37 +186,61 @@ class Verdict:
 
 
 def decide(
-    results: Sequence[CaseResult], required: Sequence[str], arches: Sequence[str]
+    results: Sequence[CaseResult],
+    required: Sequence[str],
+    arches: Sequence[str],
+    flaky_passes: bool = False,
 ) -> tuple[str, str]:
     """The decision (promoted / rejected / error) for ``results``, with its one-line reason.
 
-    A failure anywhere rejects (the tree is proven bad); otherwise an error anywhere, or a
-    required suite with no result on an arch, is an error (nothing is proven); otherwise a
-    required suite that only skipped rejects; otherwise the candidate is promoted.
+    A failure anywhere rejects (the tree is proven bad); otherwise an error anywhere, a flaky
+    test (unless ``flaky_passes``), or a required suite with no result on an arch, is an error
+    (nothing is proven); otherwise a required suite that only skipped rejects; otherwise the
+    candidate is promoted.  *quarantined* outcomes never block.
     """
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         names = ", ".join(f"{r.nodeid} ({r.arch})" for r in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         return "rejected", f"{len(failed)} test(s) failed: {names}{more}"
-    broken = [r for r in results if r.outcome not in ("passed", "skipped", "failed")]
+    known = ("passed", "skipped", "failed", "flaky", "quarantined")
+    broken = [r for r in results if r.outcome not in known]
     if broken:
         first = broken[0]
         return (
             "error",
             f"{len(broken)} test(s) ended in {first.outcome}: {first.nodeid} ({first.arch}): {first.message}",
         )
+    flaky = [r for r in results if r.outcome == "flaky"]
+    if flaky and not flaky_passes:
+        names = ", ".join(f"{r.nodeid} ({r.arch})" for r in flaky[:3])
+        return (
+            "error",
+            f"{len(flaky)} test(s) flaky (error, then passed on a retry): {names}; "
+            "flaky tests do not count as passes (--flaky-passes)",
+        )
+    counts = ("passed", "quarantined", "flaky")
     for arch in arches:
         for suite in required:
             mine = [r for r in results if r.arch == arch and r.suite == suite]
             if not mine:
                 return "error", f"required suite {suite} produced no results on {arch}"
-            if not any(r.outcome == "passed" for r in mine):
+            if not any(r.outcome in counts for r in mine):
                 why = mine[0].message or "skipped"
                 return "rejected", f"required suite {suite} was skipped on {arch}: {why}"
     if not results:
         return "error", "no test ran"
-    return "promoted", f"{len(results)} test(s) on {', '.join(arches)}: every required suite passed"
+    notes = []
+    if flaky:
+        notes.append(f"{len(flaky)} flaky")
+    quarantined = [r for r in results if r.outcome == "quarantined"]
+    if quarantined:
+        notes.append(f"{len(quarantined)} quarantined")
+    extra = f" ({', '.join(notes)})" if notes else ""
+    return (
+        "promoted",
+        f"{len(results)} test(s) on {', '.join(arches)}: every required suite passed{extra}",
+    )
 
 
 def required_suites(
@@ -335,18 +369,13 @@ def run_gate(config: GateConfig) -> Verdict:
                     time.monotonic() + config.timeout_min * 60 if config.timeout_min else None
                 )
                 for arch in config.arches:
-                    results += _run_suites(
-                        config,
-                        state,
-                        repo,
-                        arch,
-                        candidates[arch],
-                        baselines[arch],
-                        suites,
-                        run_dir / arch,
-                        deadline,
-                    )
-                decision, reason = decide(results, [s.name for s in suites], config.arches)
+                    args = (config, state, repo, arch, candidates[arch], baselines[arch], suites)
+                    first = _run_suites(*args, run_dir / arch, deadline)
+                    results += _retry_errors(first, *args, run_dir / f"{arch}-retry", deadline)
+                results = apply_quarantine(results, config.quarantine, datetime.date.today())
+                decision, reason = decide(
+                    results, [s.name for s in suites], config.arches, config.flaky_passes
+                )
             if decision == "promoted":
                 promotions = _promote(repo, config, candidates, tested_refs, suites, results)
         finally:
@@ -445,6 +474,51 @@ def _promote(
     return promotions
 
 
+def _retry_errors(
+    first: list[CaseResult],
+    config: GateConfig,
+    state: State,
+    repo: Repo,
+    arch: str,
+    candidate: Commit,
+    baseline: Commit | None,
+    suites: Sequence[Suite],
+    run_dir: Path,
+    deadline: float | None,
+) -> list[CaseResult]:
+    """Run each test that ended in error once more, on fresh machines: one that passes then
+    is *flaky*; otherwise the second outcome stands (a failure then rejects)."""
+    errored = [r.nodeid for r in first if r.outcome == "error" and "::" in r.nodeid]
+    if not errored:
+        return first
+    retried = {
+        r.nodeid: r
+        for r in _run_suites(
+            config, state, repo, arch, candidate, baseline, suites, run_dir, deadline, errored
+        )
+    }
+    out = []
+    for r in first:
+        again = retried.get(r.nodeid) if r.outcome == "error" else None
+        if again is None:
+            out.append(r)
+        elif again.outcome == "passed":
+            out.append(
+                dataclasses.replace(
+                    r,
+                    outcome="flaky",
+                    duration=r.duration + again.duration,
+                    message=f"error, then passed on a fresh machine (first: {r.message})",
+                    reproduce="",
+                )
+            )
+        else:
+            out.append(
+                dataclasses.replace(again, message=f"{again.message} (the retry of an error)")
+            )
+    return out
+
+
 def _run_suites(
     config: GateConfig,
     state: State,
@@ -455,7 +529,9 @@ def _run_suites(
     suites: Sequence[Suite],
     run_dir: Path,
     deadline: float | None = None,
+    tests: Sequence[str] = (),
 ) -> list[CaseResult]:
+    """Run ``suites`` (or only the node ids ``tests``) in a pytest subprocess for ``arch``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     results_file = run_dir / "results.json"
     target_args = [
@@ -489,7 +565,7 @@ def _run_suites(
         sys.executable,
         "-m",
         "pytest",
-        *[str(s.path.relative_to(PROJECT_ROOT)) for s in suites],
+        *(tests or [str(s.path.relative_to(PROJECT_ROOT)) for s in suites]),
         *target_args,
         "--state-dir",
         str(state.root),

@@ -7,6 +7,7 @@ leaves a run marked *interrupted*, never a half-written one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -192,3 +193,46 @@ class Store:
                 (stream, arch),
             ).fetchall()
         return {str(c): str(s) for c, s in rows}
+
+    def flakes(self, limit: int = 20, last_runs: int = 100) -> list[Flake]:
+        """The flakiest tests of the last ``last_runs`` gates: the most *flaky* outcomes
+        first, then the most changes of outcome from one run to the next."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT r.nodeid, r.arch, r.outcome FROM results r JOIN runs u ON r.run_id = u.id"
+                " WHERE u.kind = 'gate' AND u.id IN"
+                " (SELECT id FROM runs WHERE kind = 'gate' ORDER BY id DESC LIMIT ?)"
+                " ORDER BY r.run_id",
+                (last_runs,),
+            ).fetchall()
+        seen: dict[tuple[str, str], list[str]] = {}
+        for nodeid, arch, outcome in rows:
+            seen.setdefault((str(nodeid), str(arch or "")), []).append(str(outcome))
+        flakes = [
+            Flake(
+                nodeid=nodeid,
+                arch=arch,
+                runs=len(outcomes),
+                flaky=outcomes.count("flaky"),
+                changes=sum(1 for a, b in itertools.pairwise(outcomes) if a != b),
+                last=outcomes[-1],
+            )
+            for (nodeid, arch), outcomes in seen.items()
+        ]
+        flakes = [f for f in flakes if f.flaky or f.changes]
+        flakes.sort(key=lambda f: (-f.flaky, -f.changes, f.nodeid))
+        return flakes[:limit]
+
+
+@dataclass(frozen=True)
+class Flake:
+    """How unstable one test was across recent gates."""
+
+    nodeid: str
+    arch: str
+    runs: int
+    flaky: int
+    """Times it ended *flaky* (error, then passed on a retry)."""
+    changes: int
+    """Times its outcome differed from the run before."""
+    last: str

@@ -94,3 +94,29 @@ def test_auto_workers_respect_cores_and_memory() -> None:
     assert auto_workers(2, 24 * 1024) == 2  # this machine: the cores decide
     assert auto_workers(16, 3 * MACHINE_FOOTPRINT_MIB) == 3  # memory decides
     assert auto_workers(4, 100) == 1  # always at least one
+
+
+def test_flaky_does_not_count_as_a_pass_by_default() -> None:
+    results = [r("smoke", "passed"), r("upgrade", "flaky", message="error, then passed")]
+    decision, reason = decide(results, REQUIRED, ["x86_64"])
+    assert decision == "error"
+    assert "flaky" in reason and "--flaky-passes" in reason
+
+
+def test_flaky_counts_as_a_pass_when_policy_says_so() -> None:
+    results = [r("smoke", "passed"), r("upgrade", "flaky")]
+    decision, reason = decide(results, REQUIRED, ["x86_64"], flaky_passes=True)
+    assert decision == "promoted"
+    assert "1 flaky" in reason
+
+
+def test_a_failure_still_rejects_beside_a_flaky_test() -> None:
+    results = [r("smoke", "failed"), r("upgrade", "flaky")]
+    assert decide(results, REQUIRED, ["x86_64"], flaky_passes=True)[0] == "rejected"
+
+
+def test_quarantined_does_not_block() -> None:
+    results = [r("smoke", "passed"), r("smoke", "quarantined"), r("upgrade", "passed")]
+    decision, reason = decide(results, REQUIRED, ["x86_64"])
+    assert decision == "promoted"
+    assert "1 quarantined" in reason
