@@ -105,3 +105,42 @@ def test_second_gate_on_the_same_tested_ref_refuses(
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"another gate is running on {tested}" in proc.stderr
     assert repo.try_resolve(tested) is None  # nothing was written
+
+
+def test_gate_past_its_timeout_is_an_error_and_leaves_no_vm(
+    harness: Harness,
+    arch: str,
+    tmp_path: Path,
+    treegate_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    candidate = harness.fixture_commit("minimal-v2", arch)
+    good = harness.fixture_commit("minimal", arch)
+    tested = f"treegate-test/{arch}/tested-{uuid.uuid4().hex[:8]}"
+    seeded = harness.repo.promote(good, tested, subject="seeded by the test", metadata={})
+    state = tmp_path / "state"  # its own: the smoke suite cannot finish in 12 s from nothing
+    try:
+        proc = treegate_cli(
+            "gate",
+            "--repo",
+            str(harness.repo.path),
+            "--ref",
+            str(candidate.ref),
+            "--promote-to",
+            tested,
+            "--arch",
+            arch,
+            "--suite",
+            "smoke",
+            "--timeout-min",
+            "0.2",
+            "--state-dir",
+            str(state),
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 3, out
+        assert "timeout of 0.2 min expired" in out, out
+        assert "Traceback" not in out
+        assert not qemu_running(str(state)), "a VM outlived the timed-out gate"
+        assert harness.repo.resolve(tested).checksum == seeded  # untouched
+    finally:
+        harness.repo.delete_ref(tested)
