@@ -67,21 +67,38 @@ def generate_allure(allure: Path, results: Path, out: Path) -> None:
 def cases(allure_report: Path) -> list[Case]:
     """The tests of a generated allure report, one per test and arch."""
     found = []
-    for path in sorted((allure_report / "data" / "test-results").glob("*.json")):
+    directory = allure_report / "data" / "test-results"
+    for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text())
+        if data.get("isRetry"):
+            continue  # an earlier attempt: shown through the last one's retries
         params = {p.get("name"): str(p.get("value", "")) for p in data.get("parameters", [])}
         arch = params.get("arch", "-").strip("'\"")
+        outcome = OUTCOMES.get(data.get("status", ""), "error")
+        if outcome == "passed" and any(
+            _status(r, directory) != "passed" for r in data.get("retries") or []
+        ):
+            # The gate ran it again after an error and it passed: flaky, as in the verdict.
+            outcome = "flaky"
         found.append(
             Case(
                 test=_node_id(data),
                 arch=arch,
-                outcome=OUTCOMES.get(data.get("status", ""), "error"),
+                outcome=outcome,
                 duration=float(data.get("duration") or 0) / 1000,
                 report_id=str(data["id"]),
                 message=str((data.get("error") or {}).get("message", ""))[:500],
             )
         )
     return found
+
+
+def _status(retry: object, directory: Path) -> str:
+    """A retry's status: allure lists retries inline or by id."""
+    if isinstance(retry, dict):
+        return str(retry.get("status", ""))
+    path = directory / f"{retry}.json"
+    return str(json.loads(path.read_text()).get("status", "")) if path.is_file() else ""
 
 
 def _node_id(data: dict[str, object]) -> str:
@@ -163,7 +180,8 @@ def matrix_page(found: Sequence[Case], points: Sequence[TrendPoint], flaky: Sequ
     by_cell = {(c.test, c.arch): c for c in found}
     tests = sorted({c.test for c in found})
     counts = {
-        o: sum(c.outcome == o for c in found) for o in ("passed", "failed", "error", "skipped")
+        o: sum(c.outcome == o for c in found)
+        for o in ("passed", "failed", "error", "skipped", "flaky")
     }
     rows = []
     for test in tests:
@@ -196,7 +214,7 @@ table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 td a {{ color: inherit; }}
 .passed {{ background: #d4f4d4; }} .failed {{ background: #f8c8c8; }}
-.error {{ background: #f8e0a8; }} .skipped {{ background: #e8e8e8; }}
+.error {{ background: #f8e0a8; }} .skipped {{ background: #e8e8e8; }} .flaky {{ background: #f0d8f8; }}
 </style></head><body>
 <h1>treegate: cross-arch matrix</h1>
 <p id="summary">{summary} — <a href="allure/index.html">full allure report</a></p>

@@ -82,6 +82,20 @@ def test_killed_vm_is_retried_and_recorded_flaky(
         assert proc.returncode == 3, out
         assert verdict["decision"] == "error" and "flaky" in verdict["reason"]
         assert verdict["promotion_commit"] is None
+        # The report's matrix says flaky too (allure keeps the errored attempt as a retry).
+        report = treegate_cli(
+            "report",
+            "--results",
+            f"{verdict['artifacts']}/allure-results",
+            "--out",
+            str(tmp_path / "report"),
+            "--state-dir",
+            str(harness.state.root),
+        )
+        assert report.returncode == 0, report.stdout + report.stderr
+        page = (tmp_path / "report" / "index.html").read_text()
+        row = next(line for line in page.splitlines() if "test_boots_the_candidate" in line)
+        assert 'class="flaky"' in row, row
     else:
         assert proc.returncode == 0, out
         assert verdict["decision"] == "promoted" and "flaky" in verdict["reason"]
