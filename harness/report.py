@@ -219,7 +219,7 @@ td a {{ color: inherit; }}
 <h1>treegate: cross-arch matrix</h1>
 <p id="summary">{summary} — <a href="allure/index.html">full allure report</a></p>
 <table id="matrix"><tr><th>test</th>{head}</tr>
-{"".join(rows)}
+{chr(10).join(rows)}
 </table>
 <h2>Trend (last {len(points)} reports)</h2>
 <table id="trend"><tr><th>run</th><th>passed</th><th>test time</th></tr>{trend_rows}</table>
