@@ -17,6 +17,7 @@ Outcomes use treegate's words: allure's *broken* (the harness or the host broke)
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import time
@@ -65,9 +66,14 @@ def generate_allure(allure: Path, results: Path, out: Path) -> None:
 
 
 def cases(allure_report: Path) -> list[Case]:
-    """The tests of a generated allure report, one per test and arch."""
-    found = []
+    """The tests of a generated allure report, one per test and arch.
+
+    A test run again by the gate after an error has two results (allure may or may not
+    group them as retries: their parameters can differ when the first attempt broke before
+    every fixture ran); the last one counts, and a pass after a non-pass is *flaky*.
+    """
     directory = allure_report / "data" / "test-results"
+    attempts: dict[tuple[str, str], list[tuple[float, Case]]] = {}
     for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text())
         if data.get("isRetry"):
@@ -78,18 +84,25 @@ def cases(allure_report: Path) -> list[Case]:
         if outcome == "passed" and any(
             _status(r, directory) != "passed" for r in data.get("retries") or []
         ):
-            # The gate ran it again after an error and it passed: flaky, as in the verdict.
             outcome = "flaky"
-        found.append(
-            Case(
-                test=_node_id(data),
-                arch=arch,
-                outcome=outcome,
-                duration=float(data.get("duration") or 0) / 1000,
-                report_id=str(data["id"]),
-                message=str((data.get("error") or {}).get("message", ""))[:500],
-            )
+        case = Case(
+            test=_node_id(data),
+            arch=arch,
+            outcome=outcome,
+            duration=float(data.get("duration") or 0) / 1000,
+            report_id=str(data["id"]),
+            message=str((data.get("error") or {}).get("message", ""))[:500],
         )
+        when = float(data.get("stop") or data.get("start") or 0)
+        attempts.setdefault((case.test, arch), []).append((when, case))
+    found = []
+    for runs in attempts.values():
+        runs.sort(key=lambda pair: pair[0])
+        last = runs[-1][1]
+        if last.outcome == "passed" and any(c.outcome != "passed" for _, c in runs[:-1]):
+            # The gate ran it again after an error and it passed: flaky, as in the verdict.
+            last = dataclasses.replace(last, outcome="flaky")
+        found.append(last)
     return found
 
 
