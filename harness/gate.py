@@ -369,9 +369,11 @@ def run_gate(config: GateConfig) -> Verdict:
                     time.monotonic() + config.timeout_min * 60 if config.timeout_min else None
                 )
                 for arch in config.arches:
-                    args = (config, state, repo, arch, candidates[arch], baselines[arch], suites)
-                    first = _run_suites(*args, run_dir / arch, deadline)
-                    results += _retry_errors(first, *args, run_dir / f"{arch}-retry", deadline)
+                    run = _ArchRun(
+                        config, state, repo, arch, candidates[arch], baselines[arch], tuple(suites)
+                    )
+                    first = _run_suites(run, run_dir / arch, deadline)
+                    results += _retry_errors(first, run, run_dir / f"{arch}-retry", deadline)
                 results = apply_quarantine(results, config.quarantine, datetime.date.today())
                 decision, reason = decide(
                     results, [s.name for s in suites], config.arches, config.flaky_passes
@@ -474,29 +476,28 @@ def _promote(
     return promotions
 
 
+@dataclass(frozen=True)
+class _ArchRun:
+    """One arch's share of a gate: what each of its pytest runs needs."""
+
+    config: GateConfig
+    state: State
+    repo: Repo
+    arch: str
+    candidate: Commit
+    baseline: Commit | None
+    suites: tuple[Suite, ...]
+
+
 def _retry_errors(
-    first: list[CaseResult],
-    config: GateConfig,
-    state: State,
-    repo: Repo,
-    arch: str,
-    candidate: Commit,
-    baseline: Commit | None,
-    suites: Sequence[Suite],
-    run_dir: Path,
-    deadline: float | None,
+    first: list[CaseResult], run: _ArchRun, run_dir: Path, deadline: float | None
 ) -> list[CaseResult]:
     """Run each test that ended in error once more, on fresh machines: one that passes then
     is *flaky*; otherwise the second outcome stands (a failure then rejects)."""
     errored = [r.nodeid for r in first if r.outcome == "error" and "::" in r.nodeid]
     if not errored:
         return first
-    retried = {
-        r.nodeid: r
-        for r in _run_suites(
-            config, state, repo, arch, candidate, baseline, suites, run_dir, deadline, errored
-        )
-    }
+    retried = {r.nodeid: r for r in _run_suites(run, run_dir, deadline, errored)}
     out = []
     for r in first:
         again = retried.get(r.nodeid) if r.outcome == "error" else None
@@ -520,18 +521,11 @@ def _retry_errors(
 
 
 def _run_suites(
-    config: GateConfig,
-    state: State,
-    repo: Repo,
-    arch: str,
-    candidate: Commit,
-    baseline: Commit | None,
-    suites: Sequence[Suite],
-    run_dir: Path,
-    deadline: float | None = None,
-    tests: Sequence[str] = (),
+    run: _ArchRun, run_dir: Path, deadline: float | None = None, tests: Sequence[str] = ()
 ) -> list[CaseResult]:
-    """Run ``suites`` (or only the node ids ``tests``) in a pytest subprocess for ``arch``."""
+    """Run the suites (or only the node ids ``tests``) in a pytest subprocess for one arch."""
+    config, state, repo, arch = run.config, run.state, run.repo, run.arch
+    candidate, baseline, suites = run.candidate, run.baseline, run.suites
     run_dir.mkdir(parents=True, exist_ok=True)
     results_file = run_dir / "results.json"
     target_args = [
