@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,3 +31,44 @@ def treegate_cli() -> TreegateCli:
     """Run the ``treegate`` command as a user would, from the project root; returns the
     completed process (never raises on a non-zero exit: tests assert on it)."""
     return _run_treegate
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing a run of treegate's own tests started may outlive it: no QEMU process, no
+    machine work directory, no half-built image or saved state.  Leftovers fail the run.
+
+    Only for runs that include ``tests/harness`` or ``tests/unit`` (not the gate's runs of
+    the suites, which may share a state directory with another gate's live machines), and
+    without pytest-xdist (its controller collects no items).
+    """
+    own = ("tests/harness/", "tests/unit/")
+    if not any(item.nodeid.startswith(own) for item in session.items):
+        return
+    from harness.state import State
+
+    state = State.at(session.config.getoption("tg_state"))
+    leftovers = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = b" ".join(argv).decode(errors="replace")
+        if (
+            argv
+            and b"qemu-system" in argv[0]
+            and (str(state.root) in line or "/pytest-of-" in line)
+        ):
+            leftovers.append(f"QEMU process {pid}: {line[:120]}")
+    machines = state.tmp / "machines"
+    if machines.is_dir():
+        leftovers += [f"machine work directory {p}" for p in machines.iterdir()]
+    for cache in (state.images, state.root / "snapshots"):
+        if cache.is_dir():
+            leftovers += [f"half-built {p}" for p in cache.rglob(".build-*")]
+    if leftovers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "treegate: the run left things behind:\n  " + "\n  ".join(leftovers)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
