@@ -179,3 +179,53 @@ def test_every_arch_must_pass_before_any_is_promoted(
         assert promoted.checksum == by_arch[a]["promotion_commit"]
         assert promoted.metadata["treegate.candidate"] == good[a].checksum
         assert promoted.metadata["treegate.arches"] == f"{first},{second}"
+
+
+@pytest.mark.parametrize("expires", ["2999-01-01", "2000-01-01"], ids=["active", "expired"])
+def test_quarantined_failure_does_not_block_until_it_expires(
+    treegate_cli: TreegateCli,
+    harness: Harness,
+    arch: str,
+    tmp_path: Path,
+    scratch_refs: list[str],
+    expires: str,
+) -> None:
+    # failing-unit's system comes up degraded: test_system_is_running fails, the rest passes.
+    tested = seeded_tested_ref(harness, arch, harness.fixture_commit("minimal", arch), scratch_refs)
+    before = harness.repo.resolve(tested).checksum
+    broken = harness.fixture_commit("failing-unit", arch)
+    assert broken.ref is not None
+    quarantine = tmp_path / "quarantine.toml"
+    quarantine.write_text(
+        "[[quarantine]]\n"
+        'test = "tests/system/test_smoke.py::test_system_is_running"\n'
+        f'arch = "{arch}"\n'
+        'reason = "treegate-fail.service is known to fail"\n'
+        f"expires = {expires}\n"
+    )
+    code, verdict, output = gate(
+        treegate_cli,
+        harness,
+        tmp_path,
+        "--ref",
+        broken.ref,
+        "--promote-to",
+        tested,
+        "--arch",
+        arch,
+        "--suite",
+        "smoke",
+        "--quarantine",
+        str(quarantine),
+    )
+    outcome = next(
+        r["outcome"] for r in verdict["results"] if "test_system_is_running" in r["nodeid"]
+    )
+    if expires == "2999-01-01":
+        assert code == 0, output
+        assert outcome == "quarantined"
+        assert "1 quarantined" in verdict["reason"]
+    else:
+        assert_rejected_as_failed(code, verdict, output)
+        assert outcome == "failed"
+        assert harness.repo.resolve(tested).checksum == before
