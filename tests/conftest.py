@@ -33,6 +33,28 @@ def treegate_cli() -> TreegateCli:
     return _run_treegate
 
 
+def _ours_or_orphaned(pid: int) -> bool:
+    """True when ``pid`` descends from this pytest, or was left to init by a dead parent.
+
+    Another test run on the same machine (a developer's, a second checkout's) owns its own
+    machines: they are neither, so they are not this run's leftovers.
+    """
+    me = os.getpid()
+    first = True
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        ppid = int(next(li.split()[1] for li in status.splitlines() if li.startswith("PPid:")))
+        if ppid == me:
+            return True
+        if ppid <= 1:
+            return first
+        pid, first = ppid, False
+    return False
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Nothing a run of treegate's own tests started may outlive it: no QEMU process, no
     machine work directory, no half-built image or saved state.  Leftovers fail the run.
@@ -58,6 +80,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             argv
             and b"qemu-system" in argv[0]
             and (str(state.root) in line or "/pytest-of-" in line)
+            and _ours_or_orphaned(int(pid))
         ):
             leftovers.append(f"QEMU process {pid}: {line[:120]}")
     machines = state.tmp / "machines"
