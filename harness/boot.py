@@ -21,18 +21,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import log
 from harness.accel import Accel, choose_accel, qemu_version
 from harness.arch import Arch, get_arch
-from harness.errors import TreeFailure, UserError
+from harness.errors import InfraError, TreeFailure, UserError
 from harness.guest import Guest
 from harness.image import Image, build_image
 from harness.keys import ensure_client_key
 from harness.layout import Layout, load_layout
-from harness.machine.base import MachineConfig
+from harness.machine.base import VM, Backend, MachineConfig
+from harness.machine.libvirt import LibvirtVM
 from harness.machine.qemu import QemuVM, reap_stale
 from harness.repo import Repo
 from harness.signing import SigningKey
@@ -58,6 +59,10 @@ class Target:
     """Machines may be left running after the harness ends (``--keep-vm``)."""
     signing: SigningKey | None = None
     """Images trust this key: guests pull with signature verification on."""
+    backend: Backend = field(default_factory=Backend)
+    """What runs the machines: the QEMU backend, or libvirt at a URI."""
+    run: str = ""
+    """The run machines belong to (libvirt names its domains after it)."""
 
     @classmethod
     def create(
@@ -72,6 +77,8 @@ class Target:
         repo_port: int | None = None,
         keep_vm: bool = False,
         signing: SigningKey | None = None,
+        backend: Backend | None = None,
+        run: str = "",
     ) -> Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
@@ -87,6 +94,8 @@ class Target:
             repo_port=repo_port,
             keep_vm=keep_vm,
             signing=signing,
+            backend=backend or Backend(),
+            run=run,
         )
 
 
@@ -137,7 +146,9 @@ def machines_dir(state: State) -> Path:
 SNAPSHOT_RECIPE = "1"
 
 
-def _machine_config(target: Target, image: Image, accel: Accel, name: str) -> MachineConfig:
+def _machine_config(
+    target: Target, image: Image, accel: Accel, name: str, *, run: str | None = None
+) -> MachineConfig:
     mdir = machines_dir(target.state)
     workdir = Path(tempfile.mkdtemp(prefix=f"{_safe(name)}-", dir=mdir))
     return MachineConfig(
@@ -149,7 +160,31 @@ def _machine_config(target: Target, image: Image, accel: Accel, name: str) -> Ma
         smp=target.arch.smp,
         repo_port=target.repo_port,
         keepable=target.keep_vm,
+        run=target.run if run is None else run,
     )
+
+
+def _vm(
+    target: Target,
+    image: Image,
+    config: MachineConfig,
+    *,
+    saved: Path | None = None,
+) -> VM:
+    """The backend's machine on a new overlay of ``image``, or of the state saved at ``saved``
+    (started from that state instead of booting)."""
+    base, fmt = (saved / "disk.qcow2", "qcow2") if saved is not None else (image.path, "raw")
+    incoming = saved / "state" if saved is not None else None
+    if target.backend.kind == "libvirt":
+        return LibvirtVM(
+            base,
+            config,
+            backend=target.backend,
+            image_key=image.key,
+            base_format=fmt,
+            incoming=saved,
+        )
+    return QemuVM(base, config, base_format=fmt, incoming=incoming)
 
 
 def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
@@ -159,6 +194,8 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
     match (arch, accelerator, memory, vCPUs, QEMU version).  Built under a lock, in a
     temporary directory renamed into place, so parallel workers wait for one build.
     """
+    if not target.backend.can_save:
+        raise InfraError(f"{target.backend.describe()} keeps no saved machine states")
     key = hashlib.sha256(
         json.dumps(
             [
@@ -168,6 +205,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                 target.memory_mib,
                 target.arch.smp,
                 qemu_version(target.arch.qemu_binary),
+                target.backend.kind,
                 SNAPSHOT_RECIPE,
             ]
         ).encode()
@@ -176,8 +214,9 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
     root.mkdir(exist_ok=True)
 
     def make(build: Path) -> str:
-        config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}")
-        vm = QemuVM(image.path, config)
+        # Not named after the run: a saved libvirt domain keeps its name on every restore.
+        config = _machine_config(target, image, accel, f"snapshot-{image.key[:8]}", run="")
+        vm = _vm(target, image, config)
         guest = _guest(target, image, vm, accel)
         try:
             with log.nested(f"booting {image.commit[:12]} once to save it ready"):
@@ -220,8 +259,8 @@ def derived_state(
     root.mkdir(exist_ok=True)
 
     def make(build: Path) -> str:
-        config = _machine_config(target, image, accel, f"state-{digest[:8]}")
-        vm = QemuVM(base / "disk.qcow2", config, base_format="qcow2", incoming=base / "state")
+        config = _machine_config(target, image, accel, f"state-{digest[:8]}", run="")
+        vm = _vm(target, image, config, saved=base)
         guest = _guest(target, image, vm, accel)
         guest.expected_boot_id = json.loads((base / "snapshot.json").read_text())["boot_id"]
         try:
@@ -237,7 +276,7 @@ def derived_state(
     return _saved(root / digest, image, make, failure_memo)
 
 
-def _shut_down(guest: Guest, vm: QemuVM, console_to: Path | None) -> None:
+def _shut_down(guest: Guest, vm: VM, console_to: Path | None) -> None:
     """Close the connection, keep the console log at ``console_to`` if asked, destroy the VM."""
     guest.close()
     if console_to is not None and vm.console_log.exists():
@@ -246,7 +285,7 @@ def _shut_down(guest: Guest, vm: QemuVM, console_to: Path | None) -> None:
     vm.destroy()
 
 
-def _save_when_settled(guest: Guest, vm: QemuVM, dest: Path) -> str:
+def _save_when_settled(guest: Guest, vm: VM, dest: Path) -> str:
     # Ready means systemd finished starting units, whatever their outcome.
     guest.execute("systemctl is-system-running --wait", timeout=300, idempotent=True)
     boot_id = guest.boot_id()
@@ -299,7 +338,7 @@ def _saved(
     return final
 
 
-def _guest(target: Target, image: Image, vm: QemuVM, accel: Accel) -> Guest:
+def _guest(target: Target, image: Image, vm: VM, accel: Accel) -> Guest:
     guest = Guest(
         vm,
         client_key=target.state.key,
@@ -337,17 +376,15 @@ def booted(
     reap_stale(machines_dir(target.state))
     accel, why = accel_for(target, image)
     log.info(f"accelerator: {why}")
+    if restore and state is None and not target.backend.can_save:
+        log.info(f"{target.backend.describe()} keeps no saved states: booting instead")
+        restore = False
     if state is not None:
         restore, snapshot = True, state
     elif restore:
         snapshot = snapshot_for(target, image, accel)
-    if restore:
-        config = _machine_config(target, image, accel, name)
-        vm = QemuVM(
-            snapshot / "disk.qcow2", config, base_format="qcow2", incoming=snapshot / "state"
-        )
-    else:
-        vm = QemuVM(image.path, _machine_config(target, image, accel, name))
+    config = _machine_config(target, image, accel, name)
+    vm = _vm(target, image, config, saved=snapshot if restore else None)
     guest = _guest(target, image, vm, accel)
     if restore:
         # The restored machine is the saved one, boot id included.

@@ -53,6 +53,7 @@ from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError,
 from harness.external import discover
 from harness.guest import Guest
 from harness.image import Image
+from harness.machine.base import BACKENDS, Backend
 from harness.repo import Commit, Repo, serve
 from harness.signing import SigningKey, load_key
 from harness.state import State
@@ -116,8 +117,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--backend",
         dest="tg_backend",
         default="qemu",
-        choices=["qemu"],
-        help="how machines run: qemu (a QEMU process driven over QMP; the default)",
+        choices=list(BACKENDS),
+        help="how machines run: qemu (a QEMU process driven over QMP; the default) or "
+        "libvirt (transient domains of the libvirt daemon at --libvirt-uri)",
+    )
+    g.addoption(
+        "--libvirt-uri",
+        dest="tg_libvirt_uri",
+        default="qemu:///system",
+        metavar="URI",
+        help="the libvirt daemon for --backend libvirt (default qemu:///system); a remote one "
+        "(qemu+tcp://127.0.0.1:PORT/system) gets images uploaded and boots every machine",
     )
     g.addoption(
         "--rebase-ref",
@@ -212,6 +222,7 @@ class PluginOptions:
     state_dir: str | None
     gpg_homedir: str | None = None
     gpg_key: str | None = None
+    backend: Backend = field(default_factory=Backend)
 
     def excluded_for(self, arch: str) -> tuple[str, ...]:
         """The apt suites to leave out of composes for ``arch``."""
@@ -234,6 +245,7 @@ class PluginOptions:
             state_dir=config.getoption("tg_state"),
             gpg_homedir=config.getoption("tg_gpg_homedir"),
             gpg_key=config.getoption("tg_gpg_key"),
+            backend=Backend(config.getoption("tg_backend"), config.getoption("tg_libvirt_uri")),
         )
 
     def signing(self) -> SigningKey | None:
@@ -272,6 +284,8 @@ class Harness:
                 repo_port=self.repo_port,
                 keep_vm=self.options.keep_vm,
                 signing=self.signing,
+                backend=self.options.backend,
+                run=os.environ["TREEGATE_RUN_ID"],
             )
         return self._targets[arch]
 
@@ -486,7 +500,7 @@ def candidate(harness: Harness, arch: str, request: pytest.FixtureRequest) -> Co
     allure.dynamic.parameter("tree", commit.metadata.get("treegate.definition", "?"))
     allure.dynamic.parameter("ref", commit.ref or "")
     allure.dynamic.parameter("commit", commit.checksum, excluded=True)
-    allure.dynamic.parameter("backend", "qemu")
+    allure.dynamic.parameter("backend", harness.options.backend.describe())
     return commit
 
 
@@ -642,8 +656,13 @@ def _booted_for_test(
 
 
 def _cold(harness: Harness, request: pytest.FixtureRequest) -> bool:
-    # --cold-boot, or a test of the boot path itself: no machine starts from a saved state.
-    return harness.options.cold_boot or request.node.get_closest_marker("cold_boot") is not None
+    # --cold-boot, a test of the boot path itself, or a backend that keeps no saved states
+    # (a remote libvirt): no machine starts from a saved state.
+    return (
+        harness.options.cold_boot
+        or not harness.options.backend.can_save
+        or request.node.get_closest_marker("cold_boot") is not None
+    )
 
 
 def _capture(guest: Guest, artifacts: Path) -> None:
@@ -682,11 +701,11 @@ def _keep(guest: Guest, request: pytest.FixtureRequest) -> None:
     guest.close()
     (vm.workdir / "hostkey.pub").write_text(guest.host_key_line + "\n")
     vm.detach()
-    pid = json.loads((vm.workdir / "machine.json").read_text())["pid"]
+    stop = json.loads((vm.workdir / "machine.json").read_text())["stop"]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"\nkept {vm.name} running: treegate ssh {vm.name}   (stop it: kill {pid})", yellow=True
+            f"\nkept {vm.name} running: treegate ssh {vm.name}   (stop it: {stop})", yellow=True
         )
 
 

@@ -5,9 +5,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from harness.accel import Accel
 from harness.arch import Arch
+
+BACKENDS = ("qemu", "libvirt")
+
+LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What runs machines: ``qemu`` (a QEMU process of the harness's own, driven over QMP) or
+    ``libvirt`` (a transient domain of the libvirt daemon at :attr:`uri`)."""
+
+    kind: str = "qemu"
+    uri: str = "qemu:///system"
+    """The libvirt connection URI (``libvirt`` only)."""
+
+    @property
+    def remote(self) -> bool:
+        """True when the libvirt daemon is reached over the network (``qemu+tcp://…``,
+        ``qemu+ssh://…``): it shares no files with the harness, so images are uploaded to it
+        and saved machine states, which live in files, are not used."""
+        return self.kind == "libvirt" and "+" in urlsplit(self.uri).scheme
+
+    @property
+    def can_save(self) -> bool:
+        """True when machines can be saved and restored (see :func:`harness.boot.snapshot_for`)."""
+        return not self.remote
+
+    def describe(self) -> str:
+        """``qemu``, or ``libvirt (URI)``: for logs and reports."""
+        return self.kind if self.kind == "qemu" else f"libvirt ({self.uri})"
 
 
 @dataclass(frozen=True)
@@ -23,6 +54,8 @@ class MachineConfig:
     smp: int = 2
     keepable: bool = False
     """May outlive the harness (``--keep-vm``): QEMU then does not die with its parent."""
+    run: str = ""
+    """The run the machine belongs to: with libvirt, domains are named ``treegate-<run>-<name>``."""
     repo_port: int | None = None
     """Host port of the harness's repo server on 127.0.0.1; the guest reaches it through a
     guest forward at :data:`harness.image.GUEST_REPO_URL` and has no other route out."""
@@ -33,6 +66,7 @@ class VM(Protocol):
 
     name: str
     ssh_port: int
+    """The guest's SSH port on 127.0.0.1."""
     console_log: Path
     workdir: Path
     """The VM's own directory (overlay, logs, sockets); removed by :meth:`destroy`."""
@@ -52,6 +86,10 @@ class VM(Protocol):
 
     def screenshot(self, path: Path) -> Path:
         """Save the VM's display as a PNG at ``path``."""
+
+    def save(self, dest: Path) -> None:
+        """Save the running VM into ``dest`` (``state`` and ``disk.qcow2``) and stop it; a VM
+        started with that ``state`` and a new overlay of that disk runs on from there."""
 
     def kill(self) -> None:
         """Stop the VM at once (as a crash would), keeping its files."""

@@ -138,6 +138,7 @@ class QemuVM:
                     "pid": self.pid,
                     "owner": os.getpid(),
                     "console": str(self.console_log),
+                    "stop": f"kill {self.pid}",
                 }
             )
         )
@@ -402,7 +403,7 @@ def reap_stale(machines_dir: Path) -> list[str]:
     """Remove work directories of machines whose owning harness process is gone.
 
     Returns the names removed.  QEMU itself died with its owner (PDEATHSIG); this cleans up
-    the files a killed harness could not.
+    the files a killed harness could not, and destroys libvirt domains it left.
     """
     removed = []
     for meta in machines_dir.glob("*/machine.json"):
@@ -415,7 +416,11 @@ def reap_stale(machines_dir: Path) -> list[str]:
         if data.get("kept") and pid and _alive(pid):
             continue  # left running on purpose (--keep-vm)
         if not _alive(owner) or (data.get("kept") and not _alive(pid)):
-            if pid and _alive(pid):
+            if data.get("domain"):
+                from harness.machine.libvirt import destroy_leftover
+
+                destroy_leftover(str(data["libvirt_uri"]), str(data["domain"]))
+            elif pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
             shutil.rmtree(meta.parent, ignore_errors=True)
             removed.append(str(data.get("name")))
