@@ -3,6 +3,8 @@
 Keys (seconds): image.cold, image.cached, ARCH.boot_to_ssh for each ``--arch`` (QEMU start
 through the arch's firmware, bootloader, kernel and systemd to SSH answering),
 ARCH.restore_to_ssh (QEMU start from the saved ready state to SSH answering, clock set),
+with ``--libvirt`` the same two through libvirt as ARCH.libvirt_boot_to_ssh and
+ARCH.libvirt_restore_to_ssh,
 gate.x86_64_full with ``--gate`` (one ``treegate gate`` of a commit with every suite
 required, caches empty), overhead.per_test (a trivial check as a treegate
 test on an already booted machine, minus the same check over plain ssh).  Run by ``ci/bench``.
@@ -11,6 +13,7 @@ test on an already booted machine, minus the same check over plain ssh).  Run by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +30,7 @@ from harness.boot import Target, booted, image_for, ssh_command
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
 from harness.image import build_image
+from harness.machine.base import Backend
 from harness.repo import Repo, serve
 from harness.state import State
 
@@ -90,9 +94,16 @@ def overhead_per_test(state: State, repo: Repo, runs: int) -> tuple[list[float],
 
 
 def boot_figures(
-    state: State, repo: Repo, arch_name: str, runs: int, exclude: tuple[str, ...]
+    state: State,
+    repo: Repo,
+    arch_name: str,
+    runs: int,
+    exclude: tuple[str, ...],
+    libvirt: bool = False,
 ) -> dict[str, list[float]]:
-    """Cold boot to SSH through the arch's firmware and bootloader, and restore to SSH."""
+    """Cold boot to SSH through the arch's firmware and bootloader, and restore to SSH; with
+    ``libvirt``, the same through libvirt (``qemu:///system``), each libvirt sample taken
+    right after the QEMU backend's so both see the same load."""
     arch = get_arch(arch_name)
     result = compose(
         load_definition(ROOT / "fixtures/trees/minimal.toml"),
@@ -103,24 +114,27 @@ def boot_figures(
     )
     samples: dict[str, list[float]] = {}
     with serve(repo) as port:
-        target = Target.create(state, repo, arch_name, repo_port=port)
-        image = image_for(target, result.commit, ref=result.ref)
+        targets = {"": Target.create(state, repo, arch_name, repo_port=port)}
+        if libvirt:
+            targets["libvirt_"] = dataclasses.replace(targets[""], backend=Backend("libvirt"))
+        image = image_for(targets[""], result.commit, ref=result.ref)
 
-        def boot() -> float:
+        def timed(target: Target, restore: bool) -> float:
             start = time.monotonic()
-            with booted(target, image, name=f"bench-{arch_name}"):
+            with booted(target, image, name=f"bench-{arch_name}", restore=restore):
                 return time.monotonic() - start
 
-        samples[f"{arch_name}.boot_to_ssh"] = [boot() for _ in range(runs)]
-        with booted(target, image, name=f"bench-{arch_name}", restore=True):
-            pass  # makes (or finds) the image's saved ready state
-
-        def restore() -> float:
-            start = time.monotonic()
+        for _ in range(runs):
+            for prefix, target in targets.items():
+                key = f"{arch_name}.{prefix}boot_to_ssh"
+                samples.setdefault(key, []).append(timed(target, False))
+        for target in targets.values():
             with booted(target, image, name=f"bench-{arch_name}", restore=True):
-                return time.monotonic() - start
-
-        samples[f"{arch_name}.restore_to_ssh"] = [restore() for _ in range(runs)]
+                pass  # makes (or finds) the image's saved ready state
+        for _ in range(runs):
+            for prefix, target in targets.items():
+                key = f"{arch_name}.{prefix}restore_to_ssh"
+                samples.setdefault(key, []).append(timed(target, True))
     return samples
 
 
@@ -226,6 +240,12 @@ def main() -> int:
         help="also time one full x86_64 gate (gate.x86_64_full; minutes, run once)",
     )
     parser.add_argument(
+        "--libvirt",
+        action="store_true",
+        help="also boot and restore through libvirt (ARCH.libvirt_boot_to_ssh, "
+        "ARCH.libvirt_restore_to_ssh; needs libvirtd running)",
+    )
+    parser.add_argument(
         "--state-dir", default=".treegate", help="state directory (caches are shared)"
     )
     args = parser.parse_args()
@@ -237,7 +257,7 @@ def main() -> int:
     detail.update(image_figures(state, repo, args.runs))
     for arch_name in args.arch or ["x86_64"]:
         exclude = excluded_suites(args.exclude_suite, arch_name)
-        detail.update(boot_figures(state, repo, arch_name, args.runs, exclude))
+        detail.update(boot_figures(state, repo, arch_name, args.runs, exclude, args.libvirt))
 
     if args.gate:
         detail["gate.x86_64_full"] = [gate_figure(state, repo)]

@@ -34,6 +34,7 @@ from harness.keys import ensure_client_key
 from harness.layout import Layout, load_layout
 from harness.machine.base import VM, Backend, MachineConfig
 from harness.machine.libvirt import LibvirtVM
+from harness.machine.libvirt import check as check_libvirt
 from harness.machine.qemu import QemuVM, reap_stale
 from harness.repo import Repo
 from harness.signing import SigningKey
@@ -83,6 +84,8 @@ class Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
         a = get_arch(arch)
+        if backend is not None and backend.kind == "libvirt":
+            check_libvirt(backend.uri)
         lay = load_layout(layout or a.layout, images_dir or PROJECT_ROOT / "images")
         return cls(
             state=state,

@@ -19,6 +19,7 @@ from harness import log
 from harness.arch import ARCHES, get_arch
 from harness.boot import PROJECT_ROOT, Target
 from harness.errors import InfraError, TreeFailure, TreegateError, UserError
+from harness.machine.base import BACKENDS, Backend
 from harness.signing import SigningKey
 from harness.state import State
 from harness.suites import SUITES
@@ -95,6 +96,7 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
         "external_tests": Path(args.external_tests) if args.external_tests else None,
         "quarantine": load_quarantine(Path(args.quarantine)) if args.quarantine else None,
         "flaky_passes": True if args.flaky_passes else None,
+        "backend": _backend(args) if args.backend or args.libvirt_uri else None,
     }
     return dataclasses.replace(
         base,
@@ -103,6 +105,29 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
         layout=args.layout,
         accel=args.accel,
         wait_for_lock=not args.no_wait,
+    )
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    if args.libvirt_uri and args.backend not in (None, "libvirt"):
+        raise UserError("--libvirt-uri needs --backend libvirt")
+    if args.libvirt_uri:
+        return Backend("libvirt", args.libvirt_uri)
+    return Backend(args.backend or "qemu")
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        help="what runs the machines: qemu (a QEMU process of treegate's own; the default) "
+        "or libvirt (transient domains)",
+    )
+    p.add_argument(
+        "--libvirt-uri",
+        metavar="URI",
+        help="libvirt daemon for --backend libvirt (default qemu:///system; a remote one "
+        "such as qemu+tcp://127.0.0.1:PORT/system gets the image uploaded)",
     )
 
 
@@ -132,6 +157,7 @@ def _target(args: argparse.Namespace, arch: str | None = None) -> Target:
         arch or args.arch,
         layout=getattr(args, "layout", None),
         force_accel=getattr(args, "accel", None),
+        backend=_backend(args) if hasattr(args, "backend") else None,
     )
 
 
@@ -412,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--name", default="treegate", help="machine name (default: treegate)")
     p.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator (default: probe)")
+    _add_backend(p)
     _add_common(p)
     p.set_defaults(func=_cmd_boot)
 
@@ -452,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layout", help="disk layout (default: the arch's)")
     p.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator (default: probe)")
+    _add_backend(p)
     p.add_argument(
         "--no-wait",
         action="store_true",

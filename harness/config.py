@@ -3,7 +3,8 @@
 ::
 
     repo = "/srv/ostree/repo"          # relative paths are relative to this file
-    backend = "qemu"                    # the only backend so far
+    backend = "qemu"                    # or "libvirt"
+    libvirt_uri = "qemu:///system"      # optional, for backend = "libvirt"
     state_dir = ".treegate"             # optional
 
     [signing]                           # optional: see harness.signing
@@ -29,15 +30,14 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.arch import ARCHES
 from harness.errors import UserError
+from harness.machine.base import BACKENDS, Backend
 from harness.suites import SUITES
-
-BACKENDS = ("qemu",)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Config:
     path: Path
     repo: Path
     streams: tuple[Stream, ...]
-    backend: str = "qemu"
+    backend: Backend = field(default_factory=Backend)
     state_dir: Path | None = None
     signing: Signing | None = None
     quarantine: Path | None = None
@@ -93,6 +93,7 @@ class Config:
 _TOP = {
     "repo": str,
     "backend": str,
+    "libvirt_uri": str,
     "state_dir": str,
     "signing": dict,
     "streams": dict,
@@ -174,7 +175,7 @@ def load_config(path: Path) -> Config:
         path=path,
         repo=base / data["repo"],
         streams=tuple(streams),
-        backend=backend,
+        backend=Backend(backend, data.get("libvirt_uri", Backend().uri)),
         state_dir=base / data["state_dir"] if "state_dir" in data else None,
         signing=signing,
         quarantine=base / data["quarantine"] if "quarantine" in data else None,

@@ -38,6 +38,7 @@ from harness.arch import get_arch
 from harness.config import Config, Stream
 from harness.errors import UserError
 from harness.external import discover
+from harness.machine.base import Backend
 from harness.quarantine import Entry, apply_quarantine, load_quarantine
 from harness.repo import Commit, Repo
 from harness.signing import SigningKey, check_signed
@@ -74,6 +75,8 @@ class GateConfig:
     pass.  By default it does not, and the gate ends in error (nothing proven)."""
     quarantine: tuple[Entry, ...] = ()
     """Known-bad tests that are reported but do not block (see :mod:`harness.quarantine`)."""
+    backend: Backend = field(default_factory=Backend)
+    """What runs the machines (``--backend``, ``--libvirt-uri``)."""
     signing: SigningKey | None = None
     """With a key: candidates (and the rebase target) must be signed by it, guests verify
     every pull against it, and promotion commits and the summary are signed with it."""
@@ -96,6 +99,7 @@ def config_for_stream(
         rebase_ref=stream.rebase,
         state_dir=state_dir or config.state_dir,
         timeout_min=stream.timeout_min,
+        backend=config.backend,
         signing=signing,
         flaky_passes=config.flaky_passes,
         quarantine=load_quarantine(config.quarantine) if config.quarantine else (),
@@ -546,6 +550,8 @@ def _run_suites(
         target_args += ["--layout", config.layout]
     if config.accel:
         target_args += ["--accel", config.accel]
+    if config.backend.kind != "qemu":
+        target_args += ["--backend", config.backend.kind, "--libvirt-uri", config.backend.uri]
     if config.external_tests is not None:
         target_args += ["--external-tests", str(config.external_tests.resolve())]
     if config.signing is not None:

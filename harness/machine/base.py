@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from harness.accel import Accel
 from harness.arch import Arch
+from harness.errors import UserError
 
 BACKENDS = ("qemu", "libvirt")
 
@@ -99,3 +100,12 @@ class VM(Protocol):
 
     def destroy(self) -> None:
         """Stop the VM if needed and remove everything it created.  Safe to call twice."""
+
+
+def check_firmware(arch: Arch) -> None:
+    """A one-line error naming the Debian package when a firmware file of ``arch`` is missing."""
+    for fw in arch.firmware:
+        if not Path(fw.path).is_file():
+            raise UserError(
+                f"{arch.name} firmware {fw.path} is missing", hint=f"apt-get install {fw.package}"
+            )

@@ -45,7 +45,7 @@ from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.machine import pool
-from harness.machine.base import LOOPBACK_HOSTS, Backend, MachineConfig
+from harness.machine.base import LOOPBACK_HOSTS, Backend, MachineConfig, check_firmware
 from harness.machine.qemu import free_port
 from harness.machine.screen import ppm_to_png
 from harness.run import run
@@ -92,17 +92,23 @@ def connect(uri: str) -> libvirt.virConnect:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
         msg = (exc.get_error_message() or str(exc)).strip().splitlines()[0]
+        # Checked first: polkit, which authorises non-root users, fails as "no system bus".
+        if any(w in msg.lower() for w in ("permission denied", "authentication", "system bus")):
+            raise UserError(
+                f"not allowed to use libvirt at {uri}: {msg}",
+                hint="run as root, or as a member of group libvirt",
+            ) from None
         if "No such file or directory" in msg or "Connection refused" in msg:
             raise UserError(
                 f"libvirt is not running at {uri}: {msg}",
                 hint="start it: virtlogd -d && libvirtd -d",
             ) from None
-        if "Permission denied" in msg or "authentication" in msg.lower():
-            raise UserError(
-                f"not allowed to use libvirt at {uri}: {msg}",
-                hint="run as root, or as a member of group libvirt",
-            ) from None
         raise UserError(f"cannot connect to libvirt at {uri}: {msg}") from None
+
+
+def check(uri: str) -> None:
+    """Fail now, with one line, if the daemon at ``uri`` cannot be used (before any work)."""
+    connect(uri).close()
 
 
 class LibvirtVM:
@@ -148,6 +154,8 @@ class LibvirtVM:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.backend.remote:  # a remote host has firmware files of its own
+            check_firmware(self.config.arch)
         conn = self._conn = connect(self.backend.uri)
         disk = self._make_disk(conn)
         for _attempt in range(5):

@@ -106,6 +106,8 @@ def _hole(_stream: libvirt.virStream, fd: int) -> list[int | bool]:
     """Whether the file position is in data or a hole, and how long that section runs."""
     pos = os.lseek(fd, 0, os.SEEK_CUR)
     end = os.fstat(fd).st_size
+    if pos >= end:
+        return [False, 0]
     try:
         data = os.lseek(fd, pos, os.SEEK_DATA)
     except OSError:  # ENXIO: only a hole is left

@@ -30,7 +30,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
-from harness.machine.base import MachineConfig
+from harness.machine.base import MachineConfig, check_firmware
 from harness.retry import retry
 from harness.run import run
 
@@ -273,12 +273,8 @@ class QemuVM:
         return args
 
     def _check_firmware(self) -> None:
+        check_firmware(self.config.arch)
         for fw in self.config.arch.firmware:
-            if not Path(fw.path).is_file():
-                raise UserError(
-                    f"{self.config.arch.name} firmware {fw.path} is missing",
-                    hint=f"apt-get install {fw.package}",
-                )
             if fw.kind == "pflash-vars":
                 shutil.copyfile(fw.path, self.workdir / "efivars.fd")
 
