@@ -48,7 +48,9 @@ def kill_once(pattern: str, stop: threading.Event) -> list[int]:
     return killed
 
 
-@pytest.mark.parametrize("policy", ["default", "flaky-passes"])
+@pytest.mark.parametrize(
+    "policy", ["default", pytest.param("flaky-passes", marks=pytest.mark.nightly)]
+)
 def test_killed_vm_is_retried_and_recorded_flaky(
     treegate_cli: TreegateCli,
     harness: Harness,
