@@ -309,7 +309,13 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     repo = Repo(args.repo)
     repo.check()
     get_arch(args.arch)
-    result = bisect(repo, args.good, args.bad, pytest_runner(repo, args.test, args.arch, state, []))
+    backend = _backend(args)
+    extra = (
+        [] if backend.kind == "qemu" else ["--backend", backend.kind, "--libvirt-uri", backend.uri]
+    )
+    result = bisect(
+        repo, args.good, args.bad, pytest_runner(repo, args.test, args.arch, state, extra)
+    )
     first = result.first_bad
     print(f"first bad commit: {first.checksum}")
     print(f"  version: {first.version or '(none)'}")
@@ -553,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one test, e.g. 'tests/system/test_smoke.py::test_system_is_running[x86_64]'",
     )
     p.add_argument("--arch", default="x86_64", help="arch to test on (default x86_64)")
+    _add_backend(p)
     _add_common(p)
     p.set_defaults(func=_cmd_bisect)
 

@@ -29,8 +29,7 @@ def pool(conn: libvirt.virConnect) -> libvirt.virStoragePool:
         found = conn.storagePoolLookupByName(POOL)
     except libvirt.libvirtError:
         xml = (
-            f"<pool type='dir'><name>{POOL}</name>"
-            f"<target><path>{POOL_PATH}</path></target></pool>"
+            f"<pool type='dir'><name>{POOL}</name><target><path>{POOL_PATH}</path></target></pool>"
         )
         try:
             return conn.storagePoolCreateXML(xml, libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
@@ -123,4 +122,3 @@ def _hole(_stream: libvirt.virStream, fd: int) -> list[int | bool]:
 def _skip(_stream: libvirt.virStream, length: int, fd: int) -> int:
     os.lseek(fd, length, os.SEEK_CUR)
     return 0
-
