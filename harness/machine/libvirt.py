@@ -322,6 +322,9 @@ class LibvirtVM:
         source = dom.find("./devices/disk/source")
         assert source is not None
         source.set("file", disk)
+        nvram = dom.find("os/nvram")
+        if nvram is not None:  # a fresh copy of the variable store, as the QEMU backend does
+            nvram.text = str(self.workdir / "efivars.fd")
         for arg in dom.iter(f"{{{QEMU_NS}}}arg"):
             if arg.get("value", "").startswith("user,id=tgnet"):
                 arg.set("value", self._netdev())
