@@ -275,7 +275,7 @@ def main() -> int:
     )
     for key, value in figures.items():
         samples = ", ".join(f"{s:.2f}" for s in detail[key])
-        print(f"  {key:24} {value:8.2f} s   ({samples})")
+        print(f"  {key:30} {value:8.2f} s   ({samples})")
     if args.out:
         Path(args.out).write_text(
             json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=1) + "\n"

@@ -33,6 +33,12 @@ class Backend:
         return self.kind == "libvirt" and "+" in urlsplit(self.uri).scheme
 
     @property
+    def tunnelled(self) -> bool:
+        """True for ``qemu+ssh://`` URIs: the guest's forwards reach the libvirt host's
+        loopback, and an SSH tunnel brings them here (see :mod:`harness.machine.tunnel`)."""
+        return self.remote and urlsplit(self.uri).scheme.endswith("+ssh")
+
+    @property
     def can_save(self) -> bool:
         """True when machines can be saved and restored (see :func:`harness.boot.snapshot_for`)."""
         return not self.remote

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import shutil
 import threading
 import time
@@ -48,6 +49,7 @@ from harness.machine import pool
 from harness.machine.base import LOOPBACK_HOSTS, Backend, MachineConfig, check_firmware
 from harness.machine.qemu import free_port
 from harness.machine.screen import ppm_to_png
+from harness.machine.tunnel import Tunnel
 from harness.run import run
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -80,11 +82,13 @@ def _event_loop() -> threading.Thread:
 def connect(uri: str) -> libvirt.virConnect:
     """A connection to the libvirt daemon at ``uri``; every way it can fail is one line."""
     host = urlsplit(uri).hostname or ""
-    if "+" in urlsplit(uri).scheme and host not in LOOPBACK_HOSTS:
-        # The guest's SSH and repo forwards are bound to the daemon host's loopback.
+    backend = Backend("libvirt", uri)
+    if backend.remote and not backend.tunnelled and host not in LOOPBACK_HOSTS:
+        # The guest's forwards are bound to the daemon host's loopback: only an SSH login
+        # to that host can carry them here.
         raise UserError(
-            f"libvirt URI {uri}: only a daemon on this host (loopback) is supported",
-            hint="run treegate on the libvirt host, or reach it through 127.0.0.1",
+            f"libvirt URI {uri}: another host is reached with qemu+ssh:// only",
+            hint="use qemu+ssh://USER@HOST/system",
         )
     libvirt.registerErrorHandler(_quiet, None)
     _event_loop()
@@ -150,6 +154,12 @@ class LibvirtVM:
         self._console_file: BinaryIO | None = None
         self._detached = False
         self._gone = ""
+        self._tunnel: Tunnel | None = None
+        self.forward_port = 0
+        """The guest's SSH port as forwarded on the libvirt host's loopback (the same as
+        :attr:`ssh_port` unless an SSH tunnel brings it here)."""
+        self._repo_port = config.repo_port
+        """The repo server's port as the libvirt host sees it."""
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +170,11 @@ class LibvirtVM:
         disk = self._make_disk(conn)
         for _attempt in range(5):
             self.ssh_port = free_port()
+            if self.backend.tunnelled:
+                if not self._open_tunnel():
+                    continue
+            else:
+                self.forward_port = self.ssh_port
             try:
                 if self.incoming is not None:
                     self._dom = self._restore(conn, disk)
@@ -178,6 +193,7 @@ class LibvirtVM:
                     ) from None
                 if "hostfwd" not in msg and "host forwarding" not in msg:
                     raise InfraError(f"libvirt could not start {self.domain_name}: {msg}") from None
+                self._close_tunnel()
         else:
             raise InfraError("QEMU could not bind a free SSH port after 5 tries")
         self.domain_name = self._dom.name()
@@ -197,6 +213,35 @@ class LibvirtVM:
                 }
             )
         )
+
+    def _open_tunnel(self) -> bool:
+        """Pick ports on the libvirt host and open the SSH tunnel; False when a port there was
+        taken (the caller tries others)."""
+        # Ports on another host cannot be probed from here: pick them at random and let ssh
+        # (ExitOnForwardFailure) or QEMU (hostfwd) say when one was taken.
+        self.forward_port = random.randint(30000, 60999)
+        repo = None
+        if self.config.repo_port is not None:
+            self._repo_port = random.randint(30000, 60999)
+            repo = (self._repo_port, self.config.repo_port)
+        try:
+            self._tunnel = Tunnel(
+                self.backend.uri,
+                local_port=self.ssh_port,
+                guest_port=self.forward_port,
+                repo_ports=repo,
+                log=self.workdir / "tunnel.log",
+            )
+        except InfraError:
+            if "forwarding" in (self.workdir / "tunnel.log").read_text(errors="replace"):
+                return False
+            raise
+        return True
+
+    def _close_tunnel(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
 
     def _wanted_name(self) -> str:
         if self.incoming is not None:
@@ -294,11 +339,11 @@ class LibvirtVM:
         return ET.tostring(dom, encoding="unicode")
 
     def _netdev(self) -> str:
-        netdev = f"user,id=tgnet,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
-        if self.config.repo_port is not None:
+        netdev = f"user,id=tgnet,restrict=on,hostfwd=tcp:127.0.0.1:{self.forward_port}-:22"
+        if self._repo_port is not None:
             netdev += (
                 f",guestfwd=tcp:{GUEST_REPO_ADDR}:{GUEST_REPO_PORT}"
-                f"-cmd:socat - TCP:127.0.0.1:{self.config.repo_port}"
+                f"-cmd:socat - TCP:127.0.0.1:{self._repo_port}"
             )
         return netdev
 
@@ -478,6 +523,7 @@ class LibvirtVM:
                 self._dom.destroy()
             self._gone = "destroyed"
         self._stop_console()
+        self._close_tunnel()
         if self._remote_overlay is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 self._remote_overlay.delete(0)

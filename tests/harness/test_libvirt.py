@@ -78,15 +78,39 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
 
 
-@pytest.fixture(scope="module")
-def remote_libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second libvirt daemon on 127.0.0.1:PORT over TCP, in its own mount namespace."""
-    root = tmp_path_factory.mktemp("remote-libvirt")
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteHost:
+    """The second libvirt daemon: reached over TCP, or by SSH login as libvirt's
+    ``qemu+ssh`` transport does (an sshd in the same namespace, key-only)."""
+
+    tcp_uri: str
+    ssh_uri: str
+
+
+@pytest.fixture(scope="module")
+def remote_libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteHost]:
+    """A second libvirt daemon in its own mount namespace, on 127.0.0.1 over TCP and SSH."""
+    root = tmp_path_factory.mktemp("remote-libvirt")
+    port, ssh_port = _free_port(), _free_port()
     for sub in ("etc", "var-lib", "cache", "run"):
         (root / sub).mkdir()
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "hostkey")], check=True
+    )
+    (root / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {ssh_port}\nHostKey {root}/hostkey\n"
+        f"AuthorizedKeysFile {key}.pub\nPermitRootLogin prohibit-password\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n"
+        f"PidFile {root}/sshd.pid\nAllowTcpForwarding yes\n"
+    )
     subprocess.run(["cp", "-a", "/etc/libvirt/.", str(root / "etc")], check=True)
     with open(root / "etc" / "libvirtd.conf", "a") as conf:
         conf.write(
@@ -102,6 +126,8 @@ def remote_libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mount --bind {root}/var-lib /var/lib/libvirt
         mount --bind {root}/cache /var/cache/libvirt
         mount --bind {root}/run /run/libvirt
+        mkdir -p /run/sshd
+        /usr/sbin/sshd -f {root}/sshd_config -E {root}/sshd.log
         exec libvirtd --listen --pid-file {root}/libvirtd.pid
     """
     proc = subprocess.Popen(
@@ -110,10 +136,13 @@ def remote_libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=open(root / "libvirtd.log", "wb"),  # noqa: SIM115
     )
     uri = f"qemu+tcp://127.0.0.1:{port}/system"
+    ssh_uri = f"qemu+ssh://root@127.0.0.1:{ssh_port}/system?keyfile={key}&no_verify=1&no_tty=1"
     try:
         _wait_for(uri, "the second libvirtd", proc)
-        yield uri
+        yield RemoteHost(uri, ssh_uri)
     finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((root / "sshd.pid").read_text()), signal.SIGTERM)
         proc.terminate()
         try:
             proc.wait(timeout=30)
@@ -180,13 +209,14 @@ def libvirt_title(uri: str, vm: object) -> str:
 
 
 def test_remote_daemon_gets_the_image_through_the_stream_api(
-    remote_libvirtd: str, harness: Harness, candidate: Commit, arch: str
+    remote_libvirtd: RemoteHost, harness: Harness, candidate: Commit, arch: str
 ) -> None:
-    target = libvirt_target(harness, arch, remote_libvirtd)
+    uri = remote_libvirtd.tcp_uri
+    target = libvirt_target(harness, arch, uri)
     image = image_for(target, candidate.checksum)
     with booted(target, image, name="remote-boot") as machine:
         assert machine.succeed("ostree admin status").count(candidate.checksum) == 1
-        conn = connect(remote_libvirtd)
+        conn = connect(uri)
         try:
             volumes = conn.storagePoolLookupByName(POOL).listVolumes()
         finally:
@@ -196,10 +226,35 @@ def test_remote_daemon_gets_the_image_through_the_stream_api(
         # The pool is the second daemon's own directory: this host's view of that path
         # does not hold it.
         assert not (Path(POOL_PATH) / overlay).exists()
-    conn = connect(remote_libvirtd)
+    conn = connect(uri)
     try:
         left = conn.storagePoolLookupByName(POOL).listVolumes()
         assert overlay not in left, "the machine's overlay volume outlived it"
+        assert not conn.listAllDomains()
+    finally:
+        conn.close()
+
+
+def test_remote_host_over_ssh_is_reached_through_a_tunnel(
+    remote_libvirtd: RemoteHost, harness: Harness, candidate: Commit, arch: str
+) -> None:
+    # qemu+ssh: libvirt's own SSH transport for the API, and treegate's tunnel for the
+    # guest's SSH port (here) and the repo server (there).
+    target = libvirt_target(harness, arch, remote_libvirtd.ssh_uri)
+    image = image_for(target, candidate.checksum)
+    with booted(target, image, name="ssh-boot") as machine:
+        assert machine.succeed("ostree admin status").count(candidate.checksum) == 1
+        # The guest pulls from the harness's repo server across the tunnel's -R forward.
+        status = machine.succeed(
+            "exec 3<>/dev/tcp/10.0.2.100/8080; printf 'GET /config HTTP/1.0\\r\\n\\r\\n' >&3;"
+            " head -1 <&3"
+        )
+        assert status.startswith("HTTP/1.0 200"), status
+        tunnel = machine.vm.workdir / "tunnel.log"
+        assert tunnel.exists()
+        assert machine.vm.ssh_port != machine.vm.forward_port  # type: ignore[attr-defined]
+    conn = connect(remote_libvirtd.ssh_uri)
+    try:
         assert not conn.listAllDomains()
     finally:
         conn.close()
@@ -271,7 +326,7 @@ def test_domain_name_clash_is_one_line(
     [
         ("qemu:///system?socket=/nonexistent/libvirt-sock", "libvirt is not running at"),
         ("bogus:///nothing", "cannot connect to libvirt at bogus:///nothing"),
-        ("qemu+tcp://192.0.2.1/system", "only a daemon on this host"),
+        ("qemu+tcp://192.0.2.1/system", "another host is reached with qemu+ssh:// only"),
     ],
     ids=["not-running", "wrong-uri", "not-loopback"],
 )

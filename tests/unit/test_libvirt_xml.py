@@ -31,7 +31,7 @@ def vm_for(arch: str, tmp_path: Path, **config: object) -> LibvirtVM:
         **config,  # type: ignore[arg-type]
     )
     vm = LibvirtVM(tmp_path / "disk.raw", cfg, backend=Backend("libvirt"), image_key="k")
-    vm.ssh_port = 2222
+    vm.ssh_port = vm.forward_port = 2222
     return vm
 
 
