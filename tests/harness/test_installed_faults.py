@@ -20,7 +20,7 @@ from harness.pytest_plugin import Harness
 
 pytestmark = pytest.mark.vm
 
-TIMEOUT_S = 20
+TIMEOUT_S = 10
 """``--installed-timeout`` for this run: the hanging test is killed after it."""
 
 

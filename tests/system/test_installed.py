@@ -53,7 +53,9 @@ def test_installed(
     machine: Guest = request.getfixturevalue(fixture)
     output = harness.artifacts(request.node.nodeid) / f"{test.squashed}.txt"
     result = run_installed(test, machine, request.config.getoption("tg_installed_timeout"), output)
-    allure.attach.file(output, name=output.name, attachment_type=allure.attachment_type.TEXT)
+    allure.attach(
+        output.read_bytes(), name=output.name, attachment_type=allure.attachment_type.TEXT
+    )
     # The time the test itself took in the guest, beside pytest's for the whole item (JUnit
     # XML properties with -o junit_family=xunit1; ci/bench.py reads them).
     request.node.user_properties.append(("installed_seconds", f"{result.seconds:.3f}"))
