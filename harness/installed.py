@@ -60,29 +60,30 @@ out={GUEST_DIR}/$name.txt
 mkdir -p {GUEST_DIR} && d=$(mktemp -d "/tmp/test-tmp-$name-XXXXXX") || exit 125
 : > "$d/.testtmp"
 cd "$d" || exit 125
-start=$(date +%s.%N)
+start=${{EPOCHREALTIME/[.,]/}}
 GIO_USE_VFS=local timeout --kill-after={KILL_AFTER_S} "$limit" "$@" > "$out" 2>&1 < /dev/null
 status=$?
-end=$(date +%s.%N)
+end=${{EPOCHREALTIME/[.,]/}}
 cd /
-seconds=$(awk -v s="$start" -v e="$end" 'BEGIN {{ printf "%.3f", e - s }}')
+us=$((end - start))
 # timeout(1) exits 124 after its TERM and 137 after its KILL; a test may exit 124 itself, so
 # only a test that also ran for the whole limit counts as killed.
 timed_out=0
-case $status in 124|137)
-    if awk -v t="$seconds" -v l="$limit" 'BEGIN {{ exit !(t >= l) }}'; then
-        timed_out=1
-        echo "treegate: killed at its timeout of $limit s" >> "$out"
-    fi;;
-esac
+if (( (status == 124 || status == 137) && us >= limit * 1000000 )); then
+    timed_out=1
+    echo "treegate: killed at its timeout of $limit s" >> "$out"
+fi
 # Like the runner: remove the test's directory, only if it still holds the stamp.
-if [ -e "$d/.testtmp" ]; then rm -rf "$d"; fi
-echo "status=$status seconds=$seconds timed_out=$timed_out"
+if [[ -e $d/.testtmp ]]; then rm -rf "$d"; fi
+printf 'treegate-installed: status=%d seconds=%d.%06d timed_out=%d\\n' \\
+    "$status" $((us / 1000000)) $((us % 1000000)) "$timed_out"
+cat "$out"
 """
-"""The guest side of :func:`run_installed`: the test's ``Exec`` argv without a shell, in a
-fresh ``/tmp/test-tmp-NAME-XXXXXX`` holding a ``.testtmp`` stamp, ``GIO_USE_VFS=local``, stdin
-from ``/dev/null``, output (stdout and stderr) to ``GUEST_DIR/NAME.txt``, TERM at the limit and
-KILL ``KILL_AFTER_S`` later.  Prints ``status=S seconds=T timed_out=0|1``."""
+"""The guest side of :func:`run_installed` (bash, for its clock without a process per read):
+the test's ``Exec`` argv without a shell, in a fresh ``/tmp/test-tmp-NAME-XXXXXX`` holding a
+``.testtmp`` stamp, ``GIO_USE_VFS=local``, stdin from ``/dev/null``, output (stdout and
+stderr) to ``GUEST_DIR/NAME.txt``, TERM at the limit and KILL ``KILL_AFTER_S`` later.  Prints
+``treegate-installed: status=S seconds=T timed_out=0|1``, then the output: one round trip."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ class InstalledTest:
         argv = list(self.argv)
         if self.environment:
             argv = ["env", "-i", *self.environment, *argv]
-        return shlex.join(["sh", "-c", RUNNER, "run-one", self.squashed, f"{limit_s:.0f}", *argv])
+        limit = f"{max(1, round(limit_s))}"  # timeout(1) takes 0 as no limit at all
+        return shlex.join(["bash", "-c", RUNNER, "run-one", self.squashed, limit, *argv])
 
 
 @dataclass(frozen=True)
@@ -257,21 +259,20 @@ def run_installed(
     """
     limit = timeout_s * machine.timeout_scale
     code, answer = machine.execute(test.command(limit), timeout=timeout_s + KILL_AFTER_S + 60)
-    last = answer.strip().splitlines()[-1] if answer.strip() else ""
-    fields = dict(word.split("=", 1) for word in last.split() if "=" in word)
+    first, _, text = answer.partition("\n")
+    fields = dict(w.split("=", 1) for w in first.split() if "=" in w)
     try:
+        if not first.startswith("treegate-installed: "):
+            raise ValueError(first)
         status, seconds = int(fields["status"]), float(fields["seconds"])
     except (KeyError, ValueError):
         raise InfraError(
             f"treegate's installed-test runner ended {code} without a status: {answer[-500:]!r}"
         ) from None
     timed_out = fields.get("timed_out") == "1"
-    remote = f"{GUEST_DIR}/{test.squashed}.txt"
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        text = machine.get_file(remote, output).read_text(errors="replace")
-    else:
-        text = machine.execute(f"cat {shlex.quote(remote)}", idempotent=True)[1]
+        output.write_text(text)
     if status == 0 and not timed_out:
         outcome = "passed"
     elif status == SKIP_STATUS:

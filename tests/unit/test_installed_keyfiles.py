@@ -107,7 +107,7 @@ def test_discover_recurses_and_names_tests_as_the_runner_does(tmp_path: Path) ->
 def test_the_guest_command_runs_exec_without_a_shell_and_replaces_the_environment() -> None:
     test = InstalledTest("x/t.test", ("printf", "%s\\n", "a b"), environment=("FOO=bar",))
     argv = shlex.split(test.command(300))
-    assert argv[:2] == ["sh", "-c"]
+    assert argv[:2] == ["bash", "-c"]
     assert argv[3:] == [
         "run-one",
         "x_t.test",
