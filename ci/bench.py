@@ -7,7 +7,13 @@ with ``--libvirt`` the same two through libvirt as ARCH.libvirt_boot_to_ssh and
 ARCH.libvirt_restore_to_ssh,
 gate.x86_64_full with ``--gate`` (one ``treegate gate`` of a commit with every suite
 required, caches empty), overhead.per_test (a trivial check as a treegate
-test on an already booted machine, minus the same check over plain ssh).  Run by ``ci/bench``.
+test on an already booted machine, minus the same check over plain ssh).  With
+``--installed`` (minutes to hours: the libostree installed tests under TCG), for each
+``--arch``: installed.ARCH.total_s (the installed suite through pytest, one item per test),
+installed.ARCH.in_one_go_s (``gnome-desktop-testing-runner`` running the same tests in one
+go inside one restored machine), installed.ARCH.overhead_per_test_s (their difference per
+test), installed.ARCH.item_overhead_s (the median of each item's pytest time minus the time
+the test itself ran in the guest) and installed.ARCH.tests (how many).  Run by ``ci/bench``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness import log
@@ -30,6 +37,7 @@ from harness.boot import Target, booted, image_for, ssh_command
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
 from harness.image import build_image
+from harness.installed import list_in_commit, parse_runner_tap, select
 from harness.machine.base import Backend
 from harness.repo import Repo, serve
 from harness.state import State
@@ -217,6 +225,100 @@ def gate_figure(state: State, repo: Repo) -> float:
         repo.delete_ref(tested)
 
 
+def installed_figures(
+    state: State,
+    repo: Repo,
+    arch_name: str,
+    prefixes: tuple[str, ...],
+    timeout: float,
+    exclude: tuple[str, ...],
+) -> dict[str, list[float]]:
+    """The installed tests of the installed-tests fixture tree (those starting with
+    ``prefixes``): as treegate's suite, one pytest item each, and in one go by
+    gnome-desktop-testing-runner in one machine.  Prints each side's outcome counts."""
+    arch = get_arch(arch_name)
+    result = compose(
+        load_definition(ROOT / "fixtures/trees/installed-tests.toml"),
+        arch,
+        repo,
+        workdir=state.tmp,
+        exclude_suites=exclude,
+    )
+    tests = select(list_in_commit(repo, result.commit), prefixes)
+    names = {t.name for t in tests}
+    with serve(repo) as port:
+        target = Target.create(state, repo, arch_name, repo_port=port)
+        image = image_for(target, result.commit, ref=result.ref)
+        with booted(target, image, name=f"bench-installed-{arch_name}", restore=True) as machine:
+            limit = timeout * machine.timeout_scale
+            start = time.monotonic()
+            _, tap = machine.execute(
+                "mkdir -p /var/tmp/bench-gdtr && cd /var/tmp/bench-gdtr && "
+                f"gnome-desktop-testing-runner --tap --status=no --timeout={limit:.0f} "
+                f"--log-directory=/var/tmp/bench-gdtr {' '.join(prefixes)} > tap.txt; cat tap.txt",
+                timeout=len(tests) * (timeout + 60) + 300,
+            )
+            in_one_go = time.monotonic() - start
+    theirs = parse_runner_tap(tap, names)
+    with tempfile.TemporaryDirectory() as tmp:
+        results, junit = Path(tmp) / "results.json", Path(tmp) / "junit.xml"
+        start = time.monotonic()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "tests/system/test_installed.py",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--arch",
+                arch_name,
+                "--state-dir",
+                str(state.root),
+                "--installed-timeout",
+                str(timeout),
+                *[f"--installed-prefix={p}" for p in prefixes],
+                *[f"--exclude-suite={arch_name}:{s}" for s in exclude],
+                "--treegate-results",
+                str(results),
+                f"--junitxml={junit}",
+                "-o",
+                "junit_family=xunit1",
+            ],
+            cwd=ROOT,
+            check=False,  # failed installed tests are figures too
+            capture_output=True,
+        )
+        total = time.monotonic() - start
+        ours = json.loads(results.read_text())
+        guest = {
+            case.get("name", ""): float(prop.get("value", "0"))
+            for case in ET.parse(junit).iter("testcase")
+            for prop in case.iter("property")
+            if prop.get("name") == "installed_seconds"
+        }
+    item_overheads = [
+        r["duration"] - guest[name]
+        for r in ours
+        if (name := r["nodeid"].split("::", 1)[1]) in guest
+    ]
+    for side, outcomes in (
+        ("treegate", [r["outcome"] for r in ours]),
+        ("gnome-desktop-testing-runner", list(theirs.values())),
+    ):
+        counts = {o: outcomes.count(o) for o in sorted(set(outcomes))}
+        print(f"installed tests on {arch_name}, {side}: {counts}")
+    key = f"installed.{arch_name}"
+    return {
+        f"{key}.tests": [float(len(tests))],
+        f"{key}.total_s": [total],
+        f"{key}.in_one_go_s": [in_one_go],
+        f"{key}.overhead_per_test_s": [(total - in_one_go) / max(1, len(tests))],
+        f"{key}.item_overhead_s": item_overheads or [0.0],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="write the medians as JSON here")
@@ -246,6 +348,28 @@ def main() -> int:
         "ARCH.libvirt_restore_to_ssh; needs libvirtd running)",
     )
     parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="also time the installed-tests fixture tree's installed tests on each --arch, "
+        "through treegate and in one go by gnome-desktop-testing-runner (run once; under TCG "
+        "the libostree tests take most of an hour on x86_64)",
+    )
+    parser.add_argument(
+        "--installed-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="with --installed, only the tests whose names start with PREFIX "
+        "(repeatable; default libostree/)",
+    )
+    parser.add_argument(
+        "--installed-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --installed, each test's timeout (default 300, the runner's)",
+    )
+    parser.add_argument(
         "--state-dir", default=".treegate", help="state directory (caches are shared)"
     )
     args = parser.parse_args()
@@ -261,6 +385,13 @@ def main() -> int:
 
     if args.gate:
         detail["gate.x86_64_full"] = [gate_figure(state, repo)]
+    if args.installed:
+        for arch_name in args.arch or ["x86_64"]:
+            exclude = excluded_suites(args.exclude_suite, arch_name)
+            prefixes = tuple(args.installed_prefix) or ("libostree/",)
+            detail.update(
+                installed_figures(state, repo, arch_name, prefixes, args.installed_timeout, exclude)
+            )
     items, plain = overhead_per_test(state, repo, args.runs)
     detail["overhead.per_test"] = [i - statistics.median(plain) for i in items]
     # Not among the issue's keys, printed for context: the two sides of that difference.

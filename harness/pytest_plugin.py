@@ -53,6 +53,8 @@ from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError,
 from harness.external import discover
 from harness.guest import Guest
 from harness.image import Image
+from harness.installed import DEFAULT_TIMEOUT_S as DEFAULT_INSTALLED_TIMEOUT
+from harness.installed import list_in_commit, select
 from harness.machine.base import BACKENDS, Backend
 from harness.repo import Commit, Repo, serve
 from harness.signing import SigningKey, load_key
@@ -148,6 +150,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="a directory of external tests in kola's format: each becomes an item of "
         "tests/system/test_external.py",
+    )
+    g.addoption(
+        "--installed-prefix",
+        dest="tg_installed_prefix",
+        action="append",
+        metavar="PREFIX",
+        help="run only the installed tests whose names start with PREFIX (repeatable), as "
+        "gnome-desktop-testing-runner's PREFIX arguments: e.g. libostree/test-basic",
+    )
+    g.addoption(
+        "--installed-timeout",
+        dest="tg_installed_timeout",
+        type=float,
+        default=DEFAULT_INSTALLED_TIMEOUT,
+        metavar="SECONDS",
+        help="kill an installed test after SECONDS (scaled by the arch's timeout scale) and fail "
+        f"it (default {DEFAULT_INSTALLED_TIMEOUT:.0f}, gnome-desktop-testing-runner's)",
     )
     g.addoption("--layout", dest="tg_layout", help="disk layout (default: the arch's)")
     g.addoption("--accel", dest="tg_accel", choices=["kvm", "tcg"], help="force an accelerator")
@@ -462,6 +481,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("arch", arches, scope="session")
     if "external_test" in metafunc.fixturenames:
         metafunc.parametrize("external_test", _external_params(metafunc.config))
+    if "installed_test" in metafunc.fixturenames:
+        metafunc.parametrize("installed_test", _installed_params(metafunc.config))
 
 
 def _external_params(config: pytest.Config) -> list[Any]:
@@ -479,6 +500,67 @@ def _external_params(config: pytest.Config) -> list[Any]:
         pytest.param(t, id=t.name, marks=pytest.mark.timeout(t.timeout_min * 60 * 2 + 300))
         for t in tests
     ]
+
+
+def _installed_params(config: pytest.Config) -> list[Any]:
+    """One parameter per installed test of the candidate (the names of every ``--arch``'s
+    candidate, read from the commits on the host: nothing boots), narrowed by
+    ``--installed-prefix``.  Without ``--commit``, the installed-tests fixture tree is
+    composed first.  A ``-m`` that deselects VM tests lists nothing (no compose)."""
+    if not _selects_vm_tests(config):
+        skip = pytest.mark.skip(reason="-m deselects VM tests: installed tests not listed")
+        return [pytest.param(None, id="not-listed", marks=skip)]
+    options = PluginOptions.from_config(config)
+    prefixes = tuple(config.getoption("tg_installed_prefix") or ())
+    names: set[str] = set()
+    try:
+        harness = _collection_harness(options)
+        for arch in options.arches:
+            if options.commit:
+                commit = harness.repo.resolve(options.commit).checksum
+            else:
+                feature = FEATURES["installed-tests"]
+                commit = harness.fixture_commit(feature.fixture, arch).checksum
+            names |= {t.name for t in select(list_in_commit(harness.repo, commit), prefixes)}
+    except TreegateError as exc:
+        raise pytest.UsageError(f"treegate: {exc.one_line()}") from None
+    if not names:
+        what = f"whose names start with {', '.join(prefixes)}" if prefixes else ""
+        skip = pytest.mark.skip(reason=f"the candidate has no installed tests {what}".strip())
+        return [pytest.param(None, id="none", marks=skip)]
+    # The body's bound: the test's own timeout, and slack for starting its machine.
+    timeout = pytest.mark.timeout(config.getoption("tg_installed_timeout") + 300)
+    return [pytest.param(name, id=name, marks=timeout) for name in sorted(names)]
+
+
+def _collection_harness(options: PluginOptions) -> Harness:
+    """A :class:`Harness` for collection time: its repo and fixture-tree composes, no repo
+    server and nothing booted."""
+    state = State.at(options.state_dir)
+    repo = Repo(options.repo) if options.repo else Repo(state.root / "fixtures-repo")
+    if options.repo:
+        repo.check()
+    else:
+        repo.init()
+    run_dir = state.runs / os.environ.get("TREEGATE_RUN_ID", "collection")
+    return Harness(options, state, repo, composed=not options.repo, run_dir=run_dir, repo_port=0)
+
+
+def _selects_vm_tests(config: pytest.Config) -> bool:
+    """False when ``-m`` deselects every test marked ``vm`` (``-m "not vm"``: seconds, no VM,
+    no compose)."""
+    markexpr = config.getoption("markexpr", "")
+    if not markexpr:
+        return True
+    try:
+        from _pytest.mark.expression import Expression
+
+        def only_vm(name: str, /, **kwargs: str | int | bool | None) -> bool:
+            return name == "vm"
+
+        return Expression.compile(markexpr).evaluate(only_vm)
+    except Exception:  # an expression pytest itself will reject, or a changed private API
+        return True
 
 
 def _needed_feature(request: pytest.FixtureRequest) -> str | None:

@@ -35,6 +35,14 @@ FEATURES: dict[str, Feature] = {
     "docker": Feature(
         "docker", "/usr/sbin/dockerd", fixture="docker-v2", fixture_baseline="docker"
     ),
+    # Key files of GNOME's installed-tests format (harness/installed.py); a tree without any
+    # has no installed suite to run.
+    "installed-tests": Feature(
+        "installed-tests",
+        "/usr/share/installed-tests",
+        fixture="installed-tests",
+        fixture_baseline="installed-tests",
+    ),
 }
 
 
@@ -67,6 +75,7 @@ SUITES: dict[str, Suite] = {
         Suite("rebase", needs_rebase_ref=True),
         Suite("docker", feature="docker"),
         Suite("external", needs_external=True),
+        Suite("installed", feature="installed-tests"),
     )
 }
 

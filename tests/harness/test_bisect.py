@@ -67,6 +67,8 @@ def make_history(repo: Path, base: Commit, count: int, regression: int) -> list[
     return out
 
 
+# Several gates or probes in a row: ci/nightly runs it, ci/test leaves it out.
+@pytest.mark.nightly
 def test_bisect_finds_the_first_bad_commit_in_log_n_runs(
     treegate_cli: TreegateCli, harness: Harness, candidate: Commit, arch: str, tmp_path: Path
 ) -> None:

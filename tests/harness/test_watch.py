@@ -47,6 +47,8 @@ def commit_on(repo: Repo, ref: str, tree: str, subject: str) -> str:
     ).stdout.strip()
 
 
+# Several gates or probes in a row: ci/nightly runs it, ci/test leaves it out.
+@pytest.mark.nightly
 def test_watch_gates_each_new_commit_once(
     harness: Harness, baseline: Commit, candidate: Commit, arch: str, tmp_path: Path
 ) -> None:
