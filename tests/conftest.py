@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 TreegateCli = Callable[..., subprocess.CompletedProcess[str]]
+StartBoot = Callable[..., "subprocess.Popen[str]"]
 
 
 def _run_treegate(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -31,6 +33,36 @@ def treegate_cli() -> TreegateCli:
     """Run the ``treegate`` command as a user would, from the project root; returns the
     completed process (never raises on a non-zero exit: tests assert on it)."""
     return _run_treegate
+
+
+def _start_boot(
+    repo: Path, commit: str, state: Path, name: str, *extra: str
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "harness.cli", "boot", "--repo", str(repo)),
+            *("--commit", commit, "--name", name, "--state-dir", str(state), *extra),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if " up in " in line:
+            return proc
+        assert time.monotonic() < deadline, "treegate boot did not come up"
+    raise AssertionError(f"treegate boot exited {proc.wait()} before the machine was up")
+
+
+@pytest.fixture
+def start_boot() -> StartBoot:
+    """Start ``treegate boot --repo REPO --commit C --state-dir S --name NAME [EXTRA…]`` as a
+    user would, and return the process once it says the machine is up (its output stays on
+    the process's stdout)."""
+    return _start_boot
 
 
 def _ours_or_orphaned(pid: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -10,6 +12,7 @@ from urllib.parse import urlsplit
 from harness.accel import Accel
 from harness.arch import Arch
 from harness.errors import UserError
+from harness.run import run
 
 BACKENDS = ("qemu", "libvirt")
 
@@ -115,3 +118,39 @@ def check_firmware(arch: Arch) -> None:
             raise UserError(
                 f"{arch.name} firmware {fw.path} is missing", hint=f"apt-get install {fw.package}"
             )
+
+
+def make_overlay(base: Path, base_format: str, overlay: Path) -> None:
+    """A new qcow2 ``overlay`` backed by ``base``: what a machine writes, thrown away with it."""
+    run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            base_format,
+            "-b",
+            str(base),
+            str(overlay),
+        ]
+    )
+
+
+def write_machine_record(vm: VM, pid: int, stop: str, **extra: str) -> None:
+    """``machine.json`` in the VM's work directory: how ``treegate ssh`` finds a machine,
+    how the next run's clean-up knows whose it was (``owner``), and how to stop it."""
+    (vm.workdir / "machine.json").write_text(
+        json.dumps(
+            {
+                "name": vm.name,
+                "ssh_port": vm.ssh_port,
+                "pid": pid,
+                "owner": os.getpid(),
+                "console": str(vm.console_log),
+                "stop": stop,
+                **extra,
+            }
+        )
+    )

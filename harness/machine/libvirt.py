@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import random
 import shutil
 import threading
@@ -46,11 +45,17 @@ from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.machine import pool
-from harness.machine.base import LOOPBACK_HOSTS, Backend, MachineConfig, check_firmware
+from harness.machine.base import (
+    LOOPBACK_HOSTS,
+    Backend,
+    MachineConfig,
+    check_firmware,
+    make_overlay,
+    write_machine_record,
+)
 from harness.machine.qemu import free_port
 from harness.machine.screen import ppm_to_png
 from harness.machine.tunnel import Tunnel
-from harness.run import run
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
@@ -199,19 +204,12 @@ class LibvirtVM:
         self.domain_name = self._dom.name()
         self._start_console(self._dom)
         self._dom.resume()
-        (self.workdir / "machine.json").write_text(
-            json.dumps(
-                {
-                    "name": self.name,
-                    "ssh_port": self.ssh_port,
-                    "pid": self.pid,
-                    "owner": os.getpid(),
-                    "console": str(self.console_log),
-                    "libvirt_uri": self.backend.uri,
-                    "domain": self.domain_name,
-                    "stop": f"virsh -c {self.backend.uri} destroy {self.domain_name}",
-                }
-            )
+        write_machine_record(
+            self,
+            self.pid,
+            f"virsh -c {self.backend.uri} destroy {self.domain_name}",
+            libvirt_uri=self.backend.uri,
+            domain=self.domain_name,
         )
 
     def _open_tunnel(self) -> bool:
@@ -255,20 +253,7 @@ class LibvirtVM:
             base = pool.upload(conn, self.base_image, self.image_key)
             self._remote_overlay = pool.overlay(conn, base, self.domain_name)
             return str(self._remote_overlay.path())
-        run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                self.base_format,
-                "-b",
-                str(self.base_image),
-                str(self.overlay),
-            ]
-        )
+        make_overlay(self.base_image, self.base_format, self.overlay)
         return str(self.overlay)
 
     @property

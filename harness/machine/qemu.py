@@ -30,9 +30,13 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
-from harness.machine.base import MachineConfig, check_firmware
+from harness.machine.base import (
+    MachineConfig,
+    check_firmware,
+    make_overlay,
+    write_machine_record,
+)
 from harness.retry import retry
-from harness.run import run
 
 _PR_SET_PDEATHSIG = 1
 
@@ -103,20 +107,7 @@ class QemuVM:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._check_firmware()
-        run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                self.base_format,
-                "-b",
-                str(self.base_image),
-                str(self.overlay),
-            ]
-        )
+        make_overlay(self.base_image, self.base_format, self.overlay)
         # The port is free when chosen but could be taken before QEMU binds it: try again.
         for _attempt in range(5):
             self.ssh_port = free_port()
@@ -130,18 +121,7 @@ class QemuVM:
             raise InfraError("QEMU could not bind a free SSH port after 5 tries")
         if self.incoming is not None:
             self._restore(self.incoming)
-        (self.workdir / "machine.json").write_text(
-            json.dumps(
-                {
-                    "name": self.name,
-                    "ssh_port": self.ssh_port,
-                    "pid": self.pid,
-                    "owner": os.getpid(),
-                    "console": str(self.console_log),
-                    "stop": f"kill {self.pid}",
-                }
-            )
-        )
+        write_machine_record(self, self.pid, f"kill {self.pid}")
 
     @property
     def pid(self) -> int:

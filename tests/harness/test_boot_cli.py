@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from harness.pytest_plugin import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm
+
+StartBoot = Callable[..., "subprocess.Popen[str]"]
+"""The ``start_boot`` fixture (tests/conftest.py)."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,41 +32,11 @@ def qemu_running(name: str) -> bool:
     return out.returncode == 0
 
 
-def start_boot(harness: Harness, candidate: Commit, name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "boot",
-            "--repo",
-            str(harness.repo.path),
-            "--commit",
-            candidate.checksum,
-            "--name",
-            name,
-            "--state-dir",
-            str(harness.state.root),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300
-    for line in proc.stdout:
-        if " up in " in line:
-            return proc
-        assert time.monotonic() < deadline, "treegate boot did not come up"
-    raise AssertionError(f"treegate boot exited {proc.wait()} before the machine was up")
-
-
 def test_boot_then_ssh_then_sigterm_leaves_nothing(
-    harness: Harness, candidate: Commit, arch: str
+    start_boot: StartBoot, harness: Harness, candidate: Commit, arch: str
 ) -> None:
     name = f"cli-term-{os.getpid()}"
-    proc = start_boot(harness, candidate, name)
+    proc = start_boot(harness.repo.path, candidate.checksum, harness.state.root, name)
     try:
         out = subprocess.run(
             [
@@ -94,9 +68,11 @@ def test_boot_then_ssh_then_sigterm_leaves_nothing(
     assert not list((harness.state.tmp / "machines").glob(f"{name}-*"))
 
 
-def test_killed_harness_takes_qemu_with_it(harness: Harness, candidate: Commit, arch: str) -> None:
+def test_killed_harness_takes_qemu_with_it(
+    start_boot: StartBoot, harness: Harness, candidate: Commit, arch: str
+) -> None:
     name = f"cli-kill-{os.getpid()}"
-    proc = start_boot(harness, candidate, name)
+    proc = start_boot(harness.repo.path, candidate.checksum, harness.state.root, name)
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10

@@ -34,6 +34,9 @@ from harness.pytest_plugin import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm
+
+StartBoot = Callable[..., "subprocess.Popen[str]"]
+"""The ``start_boot`` fixture (tests/conftest.py)."""
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = "qemu:///system"
 
@@ -260,42 +263,14 @@ def test_remote_host_over_ssh_is_reached_through_a_tunnel(
         conn.close()
 
 
-def start_boot(harness: Harness, candidate: Commit, name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "boot",
-            "--backend",
-            "libvirt",
-            "--repo",
-            str(harness.repo.path),
-            "--commit",
-            candidate.checksum,
-            "--name",
-            name,
-            "--state-dir",
-            str(harness.state.root),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if " up in " in line:
-            return proc
-    raise AssertionError(f"treegate boot exited {proc.wait()} before the machine was up")
-
-
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_no_domain_outlives_the_harness(
-    libvirtd: str, harness: Harness, candidate: Commit, how: signal.Signals
+    libvirtd: str, start_boot: StartBoot, harness: Harness, candidate: Commit, how: signal.Signals
 ) -> None:
     name = f"lv-{how.name.lower()}-{os.getpid()}"
-    proc = start_boot(harness, candidate, name)
+    proc = start_boot(
+        harness.repo.path, candidate.checksum, harness.state.root, name, "--backend", "libvirt"
+    )
     assert f"treegate-{name}" in domain_names(libvirtd)
     proc.send_signal(how)
     proc.wait(timeout=60)
