@@ -126,8 +126,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--libvirt-uri",
         metavar="URI",
-        help="libvirt daemon for --backend libvirt (default qemu:///system; a remote one "
-        "such as qemu+tcp://127.0.0.1:PORT/system gets the image uploaded)",
+        help="libvirt daemon for --backend libvirt (default qemu:///system; another host: "
+        "qemu+ssh://USER@HOST/system, which gets the image uploaded and its guests reached "
+        "through an SSH tunnel)",
     )
 
 

@@ -128,8 +128,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="tg_libvirt_uri",
         default="qemu:///system",
         metavar="URI",
-        help="the libvirt daemon for --backend libvirt (default qemu:///system); a remote one "
-        "(qemu+tcp://127.0.0.1:PORT/system) gets images uploaded and boots every machine",
+        help="the libvirt daemon for --backend libvirt (default qemu:///system); another host "
+        "(qemu+ssh://USER@HOST/system) gets images uploaded and boots every machine",
     )
     g.addoption(
         "--rebase-ref",
