@@ -94,6 +94,7 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
         "state_dir": Path(args.state_dir) if args.state_dir else None,
         "timeout_min": args.timeout_min,
         "external_tests": Path(args.external_tests) if args.external_tests else None,
+        "installed_prefixes": tuple(args.installed_prefix) if args.installed_prefix else None,
         "quarantine": load_quarantine(Path(args.quarantine)) if args.quarantine else None,
         "flaky_passes": True if args.flaky_passes else None,
         "backend": _backend(args) if args.backend or args.libvirt_uri else None,
@@ -480,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--external-tests",
         metavar="DIR",
         help="external tests in kola's format, required as the 'external' suite",
+    )
+    p.add_argument(
+        "--installed-prefix",
+        action="append",
+        metavar="PREFIX",
+        help="the 'installed' suite runs only the installed tests whose names start with "
+        "PREFIX (repeatable), as gnome-desktop-testing-runner PREFIX does",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="VMs run side by side (pytest-xdist; default 1)"

@@ -67,6 +67,9 @@ class GateConfig:
     accel: str | None = None
     wait_for_lock: bool = True
     external_tests: Path | None = None
+    installed_prefixes: tuple[str, ...] = ()
+    """The ``installed`` suite runs only the installed tests whose names start with one of
+    these (``--installed-prefix``; default: every installed test of the candidate)."""
     """A directory of external tests in kola's format, run as the ``external`` suite."""
     timeout_min: float | None = None
     """Bound on the whole gate's tests: past it, pytest is stopped and the gate is an error."""
@@ -554,6 +557,8 @@ def _run_suites(
         target_args += ["--backend", config.backend.kind, "--libvirt-uri", config.backend.uri]
     if config.external_tests is not None:
         target_args += ["--external-tests", str(config.external_tests.resolve())]
+    for prefix in config.installed_prefixes:
+        target_args += ["--installed-prefix", prefix]
     if config.signing is not None:
         target_args += [
             "--gpg-homedir",
