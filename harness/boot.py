@@ -207,6 +207,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                 accel.value,
                 target.memory_mib,
                 target.arch.smp,
+                target.arch.cpu,  # a saved state restores only on the CPU model it ran on
                 qemu_version(target.arch.qemu_binary),
                 target.backend.kind,
                 SNAPSHOT_RECIPE,

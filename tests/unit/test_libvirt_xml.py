@@ -67,7 +67,7 @@ def test_aarch64_boots_through_uefi_with_its_own_variable_store(tmp_path: Path) 
     assert nvram.text == str(tmp_path / "vm" / "efivars.fd")
     assert dom.find("devices/video") is None
     args = qemu_args(dom)
-    assert args[args.index("-cpu") + 1] == "max,pauth-impdef=on"
+    assert args[args.index("-cpu") + 1] == "max,pauth=off,sve=off"
 
 
 def test_armv7_boots_u_boot_as_its_rom(tmp_path: Path) -> None:
