@@ -44,6 +44,9 @@ class Arch:
     """``platform.machine()`` values of hosts on which KVM can run this arch."""
     timeout_scale: float
     """Multiplier applied to every guest timeout when the guest is emulated (TCG)."""
+    display: str
+    """The QEMU display device: what the firmware, the bootloader and the kernel's console
+    draw on, and what a screenshot shows."""
     memory_mib: int = 1024
     smp: int = 2
     boot_packages: tuple[str, ...] = ()
@@ -75,6 +78,7 @@ ARCHES: dict[str, Arch] = {
             console="ttyS0",
             host_machines=("x86_64", "amd64"),
             timeout_scale=1.0,
+            display="VGA",
         ),
         Arch(
             name="aarch64",
@@ -92,6 +96,9 @@ ARCHES: dict[str, Arch] = {
             console="ttyAMA0",
             host_machines=("aarch64", "arm64"),
             timeout_scale=1.5,
+            # AAVMF draws on ramfb, and the kernel's EFI framebuffer keeps it after boot (the
+            # cloud kernel has no virtio-gpu driver: a virtio GPU goes dark once Linux starts).
+            display="ramfb",
             boot_packages=("grub-efi-arm64-bin",),
             firmware=(
                 Firmware("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64", "pflash-code"),
@@ -110,6 +117,7 @@ ARCHES: dict[str, Arch] = {
             console="ttyAMA0",
             host_machines=(),
             timeout_scale=2.0,
+            display="virtio-gpu-pci",
             firmware=(Firmware("/usr/lib/u-boot/qemu_arm/u-boot.bin", "u-boot-qemu", "bios"),),
             layout="uboot-armv7",
         ),

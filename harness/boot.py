@@ -146,7 +146,8 @@ def machines_dir(state: State) -> Path:
     return path
 
 
-SNAPSHOT_RECIPE = "1"
+SNAPSHOT_RECIPE = "2"
+"""Bump when the machine's devices change: a saved state restores only into the same devices."""
 
 
 def _machine_config(
@@ -190,12 +191,15 @@ def _vm(
     return QemuVM(base, config, base_format=fmt, incoming=incoming)
 
 
-def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
+def snapshot_for(
+    target: Target, image: Image, accel: Accel, console_to: Path | None = None
+) -> Path:
     """The saved, booted-and-ready state of ``image``: made once by a cold boot, then reused.
 
     Keyed by the image and everything in the machine's configuration that a saved state must
     match (arch, accelerator, memory, vCPUs, QEMU version).  Built under a lock, in a
-    temporary directory renamed into place, so parallel workers wait for one build.
+    temporary directory renamed into place, so parallel workers wait for one build.  When it
+    is built here, ``console_to`` keeps the console log of that boot (also when it failed).
     """
     if not target.backend.can_save:
         raise InfraError(f"{target.backend.describe()} keeps no saved machine states")
@@ -208,6 +212,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                 target.memory_mib,
                 target.arch.smp,
                 target.arch.cpu,  # a saved state restores only on the CPU model it ran on
+                target.arch.display,  # and the devices it had
                 qemu_version(target.arch.qemu_binary),
                 target.backend.kind,
                 SNAPSHOT_RECIPE,
@@ -228,8 +233,7 @@ def snapshot_for(target: Target, image: Image, accel: Accel) -> Path:
                 guest.wait_for_ssh()
                 return _save_when_settled(guest, vm, build)
         finally:
-            guest.close()
-            vm.destroy()
+            _shut_down(guest, vm, console_to)
 
     return _saved(root / key, image, make)
 
@@ -257,7 +261,7 @@ def derived_state(
     exists, asking for the state raises the same failure at once instead of preparing again
     (a broken upgrade fails every test that needs it, and costs one attempt).
     """
-    base = snapshot_for(target, image, accel)
+    base = snapshot_for(target, image, accel, _saved_boot_log(console_to))
     digest = hashlib.sha256(json.dumps([what, key]).encode()).hexdigest()[:32]
     root = base / "derived"
     root.mkdir(exist_ok=True)
@@ -278,6 +282,11 @@ def derived_state(
             _shut_down(guest, vm, console_to)
 
     return _saved(root / digest, image, make, failure_memo)
+
+
+def _saved_boot_log(console_to: Path | None) -> Path | None:
+    """Where the console log of a boot made to save a ready state goes, beside ``console_to``."""
+    return None if console_to is None else console_to.with_name(f"{console_to.stem}-saved-boot.log")
 
 
 def _shut_down(guest: Guest, vm: VM, console_to: Path | None) -> None:
@@ -386,7 +395,7 @@ def booted(
     if state is not None:
         restore, snapshot = True, state
     elif restore:
-        snapshot = snapshot_for(target, image, accel)
+        snapshot = snapshot_for(target, image, accel, _saved_boot_log(console_to))
     config = _machine_config(target, image, accel, name)
     vm = _vm(target, image, config, saved=snapshot if restore else None)
     guest = _guest(target, image, vm, accel)

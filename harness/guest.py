@@ -359,7 +359,7 @@ class Guest:
         with log.nested(f"rebooting {self.name}"):
             before = self.boot_id()
             if self.artifacts is not None:
-                # The end of this boot, as its screen showed it (best effort: ARM has none).
+                # The end of this boot, as its screen showed it (best effort).
                 with contextlib.suppress(TreegateError, OSError):
                     self.screenshot(self.artifacts / f"screen-boot-{self.boot_count}.png")
             self.console.mark()

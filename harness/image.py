@@ -46,7 +46,7 @@ from harness.repo import Commit, Repo
 from harness.run import run
 from harness.signing import SigningKey
 
-RECIPE = "3"
+RECIPE = "4"
 """Bump when the image recipe changes what an image contains: it invalidates the cache."""
 
 STATEROOT = "debian"
@@ -91,6 +91,9 @@ def kernel_args(arch: Arch) -> list[str]:
     return [
         f"root=LABEL={ROOT_LABEL}",
         "rw",
+        # The screen too, so that a screenshot shows what the kernel said (a panic, say); the
+        # serial console comes last: it is /dev/console, where systemd and rescue shells talk.
+        "console=tty0",
         f"console={console}",
         # quiet keeps the serial console (slow under emulation) to warnings and worse, which
         # still includes every panic, Oops and emergency-shell message the watcher needs.

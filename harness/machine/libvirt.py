@@ -60,6 +60,9 @@ from harness.machine.tunnel import Tunnel
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
 
+VIDEO_MODELS = {"VGA": "vga", "virtio-gpu-pci": "virtio", "ramfb": "ramfb"}
+"""libvirt's ``<video><model type=…>`` for each QEMU display device of :mod:`harness.arch`."""
+
 
 def _quiet(_ctx: object, _err: object) -> None:
     """libvirt's default handler prints every error to stderr; treegate reports its own."""
@@ -307,10 +310,8 @@ class LibvirtVM:
         ET.SubElement(serial, "target", port="0")
         console = ET.SubElement(devices, "console", type="pty")
         ET.SubElement(console, "target", type="serial", port="0")
-        if arch.name == "x86_64":
-            # A display device only where the firmware draws on it: screenshots come from it.
-            video = ET.SubElement(devices, "video")
-            ET.SubElement(video, "model", type="vga")
+        video = ET.SubElement(devices, "video")
+        ET.SubElement(video, "model", type=VIDEO_MODELS[arch.display])
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
         ET.SubElement(devices, "memballoon", model="none")
@@ -334,8 +335,9 @@ class LibvirtVM:
 
     @staticmethod
     def _nic() -> str:
-        # An address libvirt does not hand out: it places its own devices from slot 1 up.
-        return "virtio-net-pci,netdev=tgnet,bus=pcie.0,addr=0x10"
+        # An address libvirt does not hand out: it places its own devices from slot 1 up.  No
+        # network boot ROM, as with the QEMU backend.
+        return "virtio-net-pci,netdev=tgnet,bus=pcie.0,addr=0x10,romfile="
 
     def _saved_xml(self) -> str:
         assert self._conn is not None and self.incoming is not None
@@ -459,8 +461,6 @@ class LibvirtVM:
 
     # -- actions -------------------------------------------------------------------------
     def screenshot(self, path: Path) -> Path:
-        if self.config.arch.name != "x86_64":
-            raise InfraError(f"machine {self.name} has no display to take a screenshot of")
         if not self.is_running() or self._conn is None or self._dom is None:
             raise InfraError(f"machine {self.name} is not running: {self.exit_reason()}")
         stream = self._conn.newStream(0)

@@ -47,7 +47,7 @@ def test_x86_64_domain(tmp_path: Path) -> None:
     assert dom.find("os/loader") is None  # SeaBIOS, then GRUB from the disk
     assert dom.find("devices/disk/source").get("file") == "/o.qcow2"  # type: ignore[union-attr]
     assert dom.find("devices/disk/driver").get("cache") == "unsafe"  # type: ignore[union-attr]
-    assert dom.find("devices/video") is not None
+    assert dom.find("devices/video/model").get("type") == "vga"  # type: ignore[union-attr]
     assert dom.find("seclabel/label").text == "+0:+0"  # type: ignore[union-attr]
     args = qemu_args(dom)
     assert args[args.index("-cpu") + 1] == "max"
@@ -65,7 +65,8 @@ def test_aarch64_boots_through_uefi_with_its_own_variable_store(tmp_path: Path) 
     nvram = dom.find("os/nvram")
     assert nvram is not None and nvram.get("template") == "/usr/share/AAVMF/AAVMF_VARS.fd"
     assert nvram.text == str(tmp_path / "vm" / "efivars.fd")
-    assert dom.find("devices/video") is None
+    # The firmware, GRUB and the kernel's console draw on ramfb: screenshots show them.
+    assert dom.find("devices/video/model").get("type") == "ramfb"  # type: ignore[union-attr]
     args = qemu_args(dom)
     assert args[args.index("-cpu") + 1] == "max,pauth=off,sve=off"
 
@@ -76,6 +77,7 @@ def test_armv7_boots_u_boot_as_its_rom(tmp_path: Path) -> None:
     loader = dom.find("os/loader")
     assert loader is not None and loader.get("type") == "rom"
     assert loader.text == "/usr/lib/u-boot/qemu_arm/u-boot.bin"
+    assert dom.find("devices/video/model").get("type") == "virtio"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
