@@ -6,7 +6,8 @@ ARCH.restore_to_ssh (QEMU start from the saved ready state to SSH answering, clo
 with ``--libvirt`` the same two through libvirt as ARCH.libvirt_boot_to_ssh and
 ARCH.libvirt_restore_to_ssh,
 gate.x86_64_full with ``--gate`` (one ``treegate gate`` of a commit with every suite
-required, caches empty), overhead.per_test (a trivial check as a treegate
+required, caches empty) and gate.matrix_3arch with ``--matrix`` (the same gate on x86_64,
+aarch64 and ARMv7 at once), overhead.per_test (a trivial check as a treegate
 test on an already booted machine, minus the same check over plain ssh).  With
 ``--installed`` (minutes to hours: the libostree installed tests under TCG), for each
 ``--arch``: installed.ARCH.total_s (the installed suite through pytest, one item per test),
@@ -32,7 +33,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness import log
-from harness.arch import get_arch
+from harness.arch import ARCHES, get_arch
 from harness.boot import Target, booted, image_for, ssh_command
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
@@ -181,40 +182,36 @@ def image_figures(state: State, repo: Repo, runs: int) -> dict[str, list[float]]
     return samples
 
 
-def gate_figure(state: State, repo: Repo) -> float:
-    """Wall time of ``treegate gate`` on one x86_64 commit with every suite required.
+def gate_figure(
+    state: State, repo: Repo, arches: list[str], exclude: list[str], workers: int = 1
+) -> float:
+    """Wall time of one ``treegate gate`` of a commit on ``arches``, every suite required.
 
-    The candidate is docker v2, the tested ref holds docker v1 (so upgrade, rollback and the
-    Docker upgrade test apply) and minimal is the rebase target.  The gate runs with a state
-    directory of its own: no image or saved machine of these commits is cached, as for a
-    commit the build server has just composed.
+    On each arch the candidate is docker v2, the tested ref holds docker v1 (so upgrade,
+    rollback and the Docker upgrade test apply) and minimal is the rebase target.  The trees
+    are composed first (as the build server has), but the gate runs with a state directory of
+    its own: no image or saved machine of these commits is cached, as for a commit the build
+    server has just composed.
     """
-    arch = get_arch("x86_64")
     trees = ROOT / "fixtures/trees"
-    minimal = compose(load_definition(trees / "minimal.toml"), arch, repo, workdir=state.tmp)
-    v1 = compose(load_definition(trees / "docker.toml"), arch, repo, workdir=state.tmp)
-    v2 = compose(load_definition(trees / "docker-v2.toml"), arch, repo, workdir=state.tmp)
-    tested = "treegate-bench/x86_64/docker-tested"
-    repo.set_ref(tested, v1.commit)
+    for name in arches:
+        arch, skip = get_arch(name), excluded_suites(exclude, name)
+        for tree in ("minimal", "docker", "docker-v2"):
+            definition = load_definition(trees / f"{tree}.toml")
+            result = compose(definition, arch, repo, workdir=state.tmp, exclude_suites=skip)
+            if tree == "docker":
+                repo.set_ref(f"treegate-bench/{name}/docker-tested", result.commit)
     try:
         with tempfile.TemporaryDirectory(dir=state.tmp) as gate_state:
             start = time.monotonic()
             subprocess.run(
                 [
-                    sys.executable,
-                    "-m",
-                    "harness.cli",
-                    "gate",
-                    "--repo",
-                    str(repo.path),
-                    "--ref",
-                    v2.ref,
-                    "--promote-to",
-                    tested,
-                    "--rebase-ref",
-                    minimal.ref,
-                    "--state-dir",
-                    gate_state,
+                    *(sys.executable, "-m", "harness.cli", "gate", "--repo", str(repo.path)),
+                    *("--ref", "treegate/bookworm/{arch}/docker"),
+                    *("--promote-to", "treegate-bench/{arch}/docker-tested"),
+                    *("--rebase-ref", "treegate/bookworm/{arch}/minimal"),
+                    *(a for name in arches for a in ("--arch", name)),
+                    *("--workers", str(workers), "--state-dir", gate_state),
                 ],
                 cwd=ROOT,
                 check=True,
@@ -222,7 +219,8 @@ def gate_figure(state: State, repo: Repo) -> float:
             )
             return time.monotonic() - start
     finally:
-        repo.delete_ref(tested)
+        for name in arches:
+            repo.delete_ref(f"treegate-bench/{name}/docker-tested")
 
 
 def installed_figures(
@@ -342,6 +340,19 @@ def main() -> int:
         help="also time one full x86_64 gate (gate.x86_64_full; minutes, run once)",
     )
     parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="also time one gate of a commit on x86_64, aarch64 and ARMv7 with every suite "
+        "required (gate.matrix_3arch; about 20 minutes, run once)",
+    )
+    parser.add_argument(
+        "--gate-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --gate or --matrix, the gate's --workers (default 1)",
+    )
+    parser.add_argument(
         "--libvirt",
         action="store_true",
         help="also boot and restore through libvirt (ARCH.libvirt_boot_to_ssh, "
@@ -384,7 +395,13 @@ def main() -> int:
         detail.update(boot_figures(state, repo, arch_name, args.runs, exclude, args.libvirt))
 
     if args.gate:
-        detail["gate.x86_64_full"] = [gate_figure(state, repo)]
+        detail["gate.x86_64_full"] = [
+            gate_figure(state, repo, ["x86_64"], args.exclude_suite, args.gate_workers)
+        ]
+    if args.matrix:
+        detail["gate.matrix_3arch"] = [
+            gate_figure(state, repo, list(ARCHES), args.exclude_suite, args.gate_workers)
+        ]
     if args.installed:
         for arch_name in args.arch or ["x86_64"]:
             exclude = excluded_suites(args.exclude_suite, arch_name)
