@@ -97,7 +97,9 @@ ARCHES: dict[str, Arch] = {
             host_machines=("aarch64", "arm64"),
             timeout_scale=1.5,
             # AAVMF draws on ramfb, and the kernel's EFI framebuffer keeps it after boot (the
-            # cloud kernel has no virtio-gpu driver: a virtio GPU goes dark once Linux starts).
+            # cloud kernel has no virtio-gpu driver: a virtio GPU goes dark once Linux starts;
+            # AAVMF has no driver for bochs-display).  QEMU 7.2 does not save ramfb's set-up
+            # with a machine's state: a restored machine's screen stays blank until it boots.
             display="ramfb",
             boot_packages=("grub-efi-arm64-bin",),
             firmware=(

@@ -17,7 +17,10 @@ import pytest
 
 from harness.guest import Guest
 
-pytestmark = pytest.mark.vm
+# Booted, not restored: QEMU 7.2 does not carry ramfb's set-up across a saved state, so a
+# restored aarch64 machine shows QEMU's "Guest has not initialized the display" until it
+# boots again.
+pytestmark = [pytest.mark.vm, pytest.mark.cold_boot]
 
 CLEAR = r"printf '\033[2J\033[H' > /dev/tty0"
 BLOCK = "for i in 1 2 3 4 5 6; do printf '%060d\\n' 0 | tr 0 '#'; done > /dev/tty0"
