@@ -111,6 +111,7 @@ def test_bisect_finds_the_first_bad_commit_in_log_n_runs(
     assert "files:" in proc.stdout and "added" in proc.stdout
 
 
+@pytest.mark.nightly  # composes a history of its own: minutes under TCG
 def test_bisect_with_a_good_commit_that_is_not_an_ancestor_is_one_line(
     treegate_cli: TreegateCli, harness: Harness, candidate: Commit, baseline: Commit
 ) -> None:
