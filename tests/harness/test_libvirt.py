@@ -293,6 +293,7 @@ def test_no_domain_outlives_the_harness(
         assert all(not p.exists() for p in booted_dirs)
 
 
+@pytest.mark.nightly
 def test_domain_name_clash_is_one_line(
     libvirtd: str, harness: Harness, candidate: Commit, arch: str
 ) -> None:

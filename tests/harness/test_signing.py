@@ -75,6 +75,9 @@ def gate(
     return proc.returncode, data, proc.stdout + proc.stderr
 
 
+# A signed compose and a whole gate: minutes under TCG, so ci/nightly; ci/test keeps the
+# refusals below, which exercise the same verification.
+@pytest.mark.nightly
 def test_signed_candidate_is_gated_and_the_promotion_is_signed(
     treegate_cli: TreegateCli,
     harness: Harness,

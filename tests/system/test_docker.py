@@ -21,6 +21,9 @@ def test_docker_runs_a_container_offline(machine: Guest) -> None:
     assert "hello-from-container" in out
 
 
+# An upgrade of the Docker tree costs minutes of dockerd under TCG: ci/nightly runs it on
+# every arch; ci/test keeps the Docker suite's first test and the minimal tree's upgrade.
+@pytest.mark.nightly
 def test_container_data_survives_upgrade(upgraded_machine: Guest, candidate: Commit) -> None:
     # Before the upgrade, a container wrote "kept" into the volume treegate-data (the
     # fixture's DOCKER_LOCAL_STATE).
