@@ -24,6 +24,7 @@ TIMEOUT_S = 10
 """``--installed-timeout`` for this run: the hanging test is killed after it."""
 
 
+@pytest.mark.nightly  # 2 min under TCG; ci/test keeps the comparison with the runner
 def test_each_installed_test_is_an_item_with_its_own_outcome(
     harness: Harness, arch: str, tmp_path: Path
 ) -> None:
