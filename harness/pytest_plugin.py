@@ -37,6 +37,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,11 +313,23 @@ class Harness:
         """The commit of fixture tree ``name`` for ``arch``, composed on first use.
 
         Earlier versions of the same stream are composed first, so that commit order (and
-        timestamps, which ``ostree admin upgrade`` checks) follows version order.  Only
-        available when the session composes its own repo (no ``--repo``).
+        timestamps, which ``ostree admin upgrade`` checks) follows version order.  The first
+        time a tree is asked for, it is composed for every ``--arch`` of the session side by
+        side: a foreign compose spends minutes in one emulated dpkg, so two arches take about
+        the time of one on a 2-core host.  Only available when the session composes its own
+        repo (no ``--repo``).
         """
         if not self.composed:
             raise UserError(f"fixture tree {name!r} is only composed when --repo is not given")
+        arches = (arch, *(a for a in self.options.arches if a != arch))
+        with ThreadPoolExecutor(max_workers=len(arches)) as pool:
+            futures = {a: pool.submit(self._compose_stream, name, a) for a in arches}
+            wait(futures.values())
+        # A failure for another arch is raised when that arch's own tests ask for the tree.
+        return futures[arch].result()
+
+    def _compose_stream(self, name: str, arch: str) -> Commit:
+        """Compose fixture tree ``name`` for ``arch``, after the earlier versions of its stream."""
         wanted = load_definition(FIXTURE_TREES / f"{name}.toml")
         stream = sorted(
             (
@@ -326,7 +339,8 @@ class Harness:
             ),
             key=lambda d: (d.version, d.name),
         )
-        with _locked(self.state.root / "compose.lock"):
+        # One lock per arch: arches compose side by side, xdist workers never compose twice.
+        with _locked(self.state.root / f"compose-{arch}.lock"):
             for definition in stream[: stream.index(wanted) + 1]:
                 result = compose(
                     definition,

@@ -8,6 +8,7 @@ reading metadata, committing composed trees.  Bad refs and missing commits becom
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import http.server
 import re
@@ -172,7 +173,9 @@ class Repo:
             *([f"--tree=ref={base}"] if base else []),
             f"--tree=dir={tree}",
             f"--subject={subject}",
-            "--generate-sizes",
+            # Sizes of a layered commit would read and compress every object of the base
+            # again (half a minute for an ARM tree): only a full tree gets them.
+            *([] if base else ["--generate-sizes"]),
         ]
         args += [f"--add-metadata-string={k}={v}" for k, v in sorted(metadata.items())]
         checksum = self._ostree(*args).strip()
@@ -230,7 +233,11 @@ class Repo:
 
     def update_summary(self, sign: SigningKey | None = None) -> None:
         """Regenerate the summary file so remotes see the current refs (signed with ``sign``)."""
-        self._ostree("summary", "-u", *(sign.sign_args if sign is not None else []))
+        # Composes of several arches commit to one repo side by side; without the lock, a
+        # summary that read the refs before another's commit could be written last.
+        with open(self.path / "treegate-summary.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._ostree("summary", "-u", *(sign.sign_args if sign is not None else []))
 
     def content_checksum(self, commit: str) -> str:
         """The checksum of the commit's tree: equal for commits with identical content."""
