@@ -66,7 +66,14 @@ def test_wanted_by_reads_the_install_section() -> None:
 def test_which_fixtures_are_layers() -> None:
     layered = {p.stem for p in TREES.glob("*.toml") if load_definition(p).layers_on_parent()}
     # Only files and units added: composed in seconds on top of the parent's commit.
-    layers = {"minimal-v2", "broken-init", "failing-unit", "sshd-broken", "docker-broken", "docker-v2"}
+    layers = {
+        "minimal-v2",
+        "docker-v2",
+        "broken-init",
+        "failing-unit",
+        "sshd-broken",
+        "docker-broken",
+    }
     assert layers <= layered
     # New packages need a full compose.
     assert "docker" not in layered and "minimal" not in layered
