@@ -37,7 +37,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,18 +313,18 @@ class Harness:
         """The commit of fixture tree ``name`` for ``arch``, composed on first use.
 
         Earlier versions of the same stream are composed first, so that commit order (and
-        timestamps, which ``ostree admin upgrade`` checks) follows version order.  The first
-        time a tree is asked for, it is composed for every ``--arch`` of the session side by
-        side: a foreign compose spends minutes in one emulated dpkg, so two arches take about
-        the time of one on a 2-core host.  Only available when the session composes its own
-        repo (no ``--repo``).
+        timestamps, which ``ostree admin upgrade`` checks) follows version order.  Asking for
+        a tree also starts its compose for every other ``--arch`` of the session, in the
+        background: a foreign compose is minutes of emulated dpkg, which then overlaps with
+        this arch's tests instead of following them.  Only available when the session
+        composes its own repo (no ``--repo``).
         """
         if not self.composed:
             raise UserError(f"fixture tree {name!r} is only composed when --repo is not given")
         arches = (arch, *(a for a in self.options.arches if a != arch))
-        with ThreadPoolExecutor(max_workers=len(arches)) as pool:
-            futures = {a: pool.submit(self._compose_stream, name, a) for a in arches}
-            wait(futures.values())
+        pool = ThreadPoolExecutor(max_workers=len(arches), thread_name_prefix="compose")
+        futures = {a: pool.submit(self._compose_stream, name, a) for a in arches}
+        pool.shutdown(wait=False)  # the other arches' composes go on; their locks order them
         # A failure for another arch is raised when that arch's own tests ask for the tree.
         return futures[arch].result()
 
