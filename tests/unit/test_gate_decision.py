@@ -88,12 +88,13 @@ def test_suite_is_read_from_the_module_name() -> None:
     assert r("rollback", "passed").suite == "rollback"
 
 
-def test_auto_workers_respect_cores_and_memory() -> None:
+def test_auto_workers_respect_cores_vcpus_and_memory() -> None:
     from harness.pytest_plugin import MACHINE_FOOTPRINT_MIB, auto_workers
 
-    assert auto_workers(2, 24 * 1024) == 2  # this machine: the cores decide
-    assert auto_workers(16, 3 * MACHINE_FOOTPRINT_MIB) == 3  # memory decides
-    assert auto_workers(4, 100) == 1  # always at least one
+    assert auto_workers(2, 24 * 1024, 2) == 1  # this machine: one 2-vCPU guest fills it
+    assert auto_workers(8, 24 * 1024, 2) == 4  # the cores decide
+    assert auto_workers(16, 3 * MACHINE_FOOTPRINT_MIB, 2) == 3  # memory decides
+    assert auto_workers(4, 100, 1) == 1  # always at least one
 
 
 def test_flaky_does_not_count_as_a_pass_by_default() -> None:
