@@ -27,7 +27,7 @@ from harness.compose import compose
 from harness.config import load_config
 from harness.definition import load_definition
 from harness.gate import Verdict, config_for_stream, run_gate, verdict_table
-from harness.repo import Repo
+from harness.repo import SCRATCH_ZLIB_LEVEL, Repo
 from harness.signing import SigningKey, demo_key
 from harness.state import State
 
@@ -93,7 +93,7 @@ def run_demo(
 ) -> int:
     """Run the demo; 0 when every verdict is the expected one."""
     repo = Repo(workdir / "repo")
-    repo.init()
+    repo.init(zlib_level=SCRATCH_ZLIB_LEVEL)
     a = get_arch(arch)
     # Signed like a build server's: a local key made on first use signs every compose and
     # promotion, and the demo's guests verify every pull against it.

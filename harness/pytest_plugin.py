@@ -57,7 +57,7 @@ from harness.image import Image
 from harness.installed import DEFAULT_TIMEOUT_S as DEFAULT_INSTALLED_TIMEOUT
 from harness.installed import list_in_commit, select
 from harness.machine.base import BACKENDS, Backend
-from harness.repo import Commit, Repo, serve
+from harness.repo import SCRATCH_ZLIB_LEVEL, Commit, Repo, serve
 from harness.signing import SigningKey, load_key
 from harness.state import State
 from harness.suites import FEATURES, has_feature
@@ -453,7 +453,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             repo.check()
         else:
             repo = Repo(state.root / "fixtures-repo")
-            repo.init()
+            repo.init(zlib_level=SCRATCH_ZLIB_LEVEL)
         signing = options.signing()
     except TreegateError as exc:
         pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
@@ -561,7 +561,7 @@ def _collection_harness(options: PluginOptions) -> Harness:
     if options.repo:
         repo.check()
     else:
-        repo.init()
+        repo.init(zlib_level=SCRATCH_ZLIB_LEVEL)
     run_dir = state.runs / os.environ.get("TREEGATE_RUN_ID", "collection")
     return Harness(options, state, repo, composed=not options.repo, run_dir=run_dir, repo_port=0)
 

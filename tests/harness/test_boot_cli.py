@@ -68,6 +68,8 @@ def test_boot_then_ssh_then_sigterm_leaves_nothing(
     assert not list((harness.state.tmp / "machines").glob(f"{name}-*"))
 
 
+# ci/nightly: the SIGTERM test above proves the CLI's clean-up in ci/test.
+@pytest.mark.nightly
 def test_killed_harness_takes_qemu_with_it(
     start_boot: StartBoot, harness: Harness, candidate: Commit, arch: str
 ) -> None:

@@ -24,6 +24,8 @@ def test_broken_init_is_caught_from_the_console(harness: Harness, arch: str) -> 
     assert "Attempted to kill init" in caught.value.console_tail
 
 
+# ci/nightly: the broken-init test above proves the console watcher in ci/test.
+@pytest.mark.nightly
 def test_failed_initramfs_is_caught_from_the_console(machine: Guest) -> None:
     """The next boot's root= names the /boot filesystem, which holds no OSTree sysroot:
     ostree-prepare-root fails in treegate's initramfs, which says so on the console, and the
@@ -37,6 +39,8 @@ def test_failed_initramfs_is_caught_from_the_console(machine: Guest) -> None:
     assert "ostree-prepare-root" in str(caught.value)  # the initramfs stage that failed
 
 
+# ci/nightly: as above.
+@pytest.mark.nightly
 def test_emergency_shell_is_caught_from_the_console(machine: Guest) -> None:
     """A boot that ends in systemd's emergency shell fails on its message, not at the SSH
     timeout."""

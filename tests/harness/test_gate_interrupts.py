@@ -30,6 +30,8 @@ def qemu_running(marker: str) -> bool:
     return found.returncode == 0
 
 
+# ci/nightly: the gate-timeout test below also ends a running gate and checks no VM is left.
+@pytest.mark.nightly
 def test_sigterm_to_a_running_gate(harness: Harness, arch: str, tmp_path: Path) -> None:
     candidate = harness.fixture_commit("minimal-v2", arch)
     good = harness.fixture_commit("minimal", arch)

@@ -185,6 +185,8 @@ def test_a_domain_is_named_after_its_run_and_test_and_is_gone_afterwards(
     assert not workdir.exists()
 
 
+# ci/nightly: restores through libvirt; the QEMU backend's restores run in every ci/test test.
+@pytest.mark.nightly
 def test_restored_domains_come_from_a_state_saved_through_libvirt(
     libvirtd: str, harness: Harness, candidate: Commit, arch: str
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.repo import Repo, serve
+from harness.repo import SCRATCH_ZLIB_LEVEL, Repo, serve
 
 
 def commit_tree(repo: Repo, tmp: Path, ref: str, content: str, version: str) -> str:
@@ -98,3 +98,17 @@ def test_server_is_read_only_and_lists_nothing(repo: Repo, tmp_path: Path) -> No
                 urllib.request.urlopen(request)
             assert caught.value.code in (404, 501), (method, path)
     assert (repo.path / "config").read_text().startswith("[core]")
+
+
+def test_scratch_repo_compresses_less_and_still_reads_back(tmp_path: Path) -> None:
+    scratch = Repo(tmp_path / "scratch")
+    scratch.init(zlib_level=SCRATCH_ZLIB_LEVEL)
+    level = subprocess.run(
+        ["ostree", "config", f"--repo={scratch.path}", "get", "archive.zlib-level"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert level.stdout.strip() == str(SCRATCH_ZLIB_LEVEL)
+    checksum = commit_tree(scratch, tmp_path, "x/y", "content " * 1000, "1")
+    assert scratch.read_file(checksum, "/usr/content") == "content " * 1000
