@@ -96,3 +96,14 @@ class GuestTimeout(TreeFailure):
 
 class MachineDied(InfraError):
     """The VM process went away under the test (killed, crashed, out of memory)."""
+
+
+class HostOverloaded(InfraError):
+    """A guest missed a time limit while the host starved it of CPU (see
+    :mod:`harness.hostload`): the host's error, not the tree's failure."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(
+            message, hint="run fewer machines at once (pytest -n, gate --workers), then again"
+        )
+        self.console_tail = console_tail

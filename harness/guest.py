@@ -33,11 +33,13 @@ from harness.errors import (
     BootFailure,
     GuestCommandFailed,
     GuestTimeout,
+    HostOverloaded,
     InfraError,
     MachineDied,
     TreeFailure,
     TreegateError,
 )
+from harness.hostload import starved
 from harness.machine.base import VM
 from harness.retry import retry
 
@@ -160,7 +162,7 @@ class Guest:
             return self._connect_once(greeting)
 
         def timed_out(message: str) -> Exception:
-            return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
+            return self._timeout(f"{self.name}: {message}", self.console.tail())
 
         with contextlib.closing(greeting):
             self._client = retry(
@@ -171,6 +173,14 @@ class Guest:
                 what="SSH to answer",
                 on_timeout=timed_out,
             )
+
+    def _timeout(self, message: str, console_tail: str) -> TreegateError:
+        """A missed time limit: the tree's :class:`GuestTimeout`, unless the host was starving
+        its guests of CPU meanwhile (:mod:`harness.hostload`): then the host's error."""
+        why = starved()
+        if why is not None:
+            return HostOverloaded(f"{message}, while {why}", console_tail=console_tail)
+        return GuestTimeout(message, console_tail=console_tail)
 
     def close(self) -> None:
         """Close the SSH connection (the VM keeps running)."""
@@ -228,9 +238,9 @@ class Guest:
             while True:
                 if time.monotonic() > deadline:
                     chan.close()
-                    raise GuestTimeout(
+                    raise self._timeout(
                         f"command {command!r} did not finish within {limit:.0f} s",
-                        console_tail=self.console.tail(10),
+                        self.console.tail(10),
                     )
                 try:
                     data = chan.recv(65536)
@@ -397,7 +407,7 @@ class Guest:
                     return TreeFailure(
                         f"machine {self.name} did not reboot (boot id unchanged): {message}"
                     )
-                return GuestTimeout(f"{self.name}: {message}", console_tail=self.console.tail())
+                return self._timeout(f"{self.name}: {message}", self.console.tail())
 
             with contextlib.closing(greeting):
                 retry(

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InfraError, MachineDied, TreeFailure
+from harness.errors import GuestTimeout, HostOverloaded, InfraError, MachineDied, TreeFailure
 from harness.guest import Guest
+from harness.hostload import STARVED_PERCENT, cpu_pressure
 from harness.machine.qemu import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.pytest_plugin import Harness
 from harness.repo import Commit
@@ -55,6 +56,31 @@ def test_frozen_qemu_is_an_error_long_before_the_command_timeout(machine: Guest)
         assert time.monotonic() - start < 120
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_a_timeout_on_a_starved_host_is_the_hosts_error(machine: Guest) -> None:
+    """The same missed time limit blames the tree on a calm host and the host when busy
+    processes starve the guest of CPU (pressure stall information, :mod:`harness.hostload`)."""
+    with pytest.raises(GuestTimeout) as calm:
+        machine.execute("sleep 30", timeout=1)
+    assert not isinstance(calm.value, HostOverloaded)  # failed: the tree's
+    # Three busy processes per core keep runnable tasks waiting for a CPU all the time.
+    hogs = [
+        subprocess.Popen(["sh", "-c", "while :; do :; done"])
+        for _ in range(3 * (os.cpu_count() or 1))
+    ]
+    try:
+        deadline = time.monotonic() + 180
+        while (cpu_pressure() or 0.0) < STARVED_PERCENT + 10:
+            assert time.monotonic() < deadline, f"CPU pressure stayed at {cpu_pressure()}"
+            time.sleep(1)
+        with pytest.raises(HostOverloaded, match="overloaded") as busy:
+            machine.execute("sleep 30", timeout=1)
+        assert isinstance(busy.value, InfraError)  # error: the gate never rejects for it
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def test_guest_cannot_reach_host_ports(machine: Guest) -> None:
