@@ -52,17 +52,24 @@ class TreeFailure(TreegateError, AssertionError):
     """The tree under test misbehaved: pytest reports it as failed, the gate rejects."""
 
 
-class BootFailure(TreeFailure):
-    """The console showed that the boot went wrong (panic, emergency shell, ...)."""
+class _ConsoleTail:
+    """An error that prints the machine's last console lines under its message."""
 
-    def __init__(self, message: str, console_tail: str = "") -> None:
-        super().__init__(message)
-        self.console_tail = console_tail
+    message: str
+    console_tail: str
 
     def __str__(self) -> str:
         if not self.console_tail:
             return self.message
         return f"{self.message}\n--- last console lines ---\n{self.console_tail}"
+
+
+class BootFailure(_ConsoleTail, TreeFailure):
+    """The console showed that the boot went wrong (panic, emergency shell, ...)."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
 
 
 class GuestCommandFailed(TreeFailure):
@@ -77,7 +84,7 @@ class GuestCommandFailed(TreeFailure):
         self.output = output
 
 
-class GuestTimeout(TreeFailure):
+class GuestTimeout(_ConsoleTail, TreeFailure):
     """The guest did not reach a state (unit active, port open, SSH up) in time.
 
     A timeout is the tree's fault when the machine was running all along: QEMU was alive and
@@ -88,17 +95,12 @@ class GuestTimeout(TreeFailure):
         super().__init__(message)
         self.console_tail = console_tail
 
-    def __str__(self) -> str:
-        if not self.console_tail:
-            return self.message
-        return f"{self.message}\n--- last console lines ---\n{self.console_tail}"
-
 
 class MachineDied(InfraError):
     """The VM process went away under the test (killed, crashed, out of memory)."""
 
 
-class HostOverloaded(InfraError):
+class HostOverloaded(_ConsoleTail, InfraError):
     """A guest missed a time limit while the host starved it of CPU (see
     :mod:`harness.hostload`): the host's error, not the tree's failure."""
 
