@@ -291,6 +291,14 @@ class Harness:
     """The key images trust (``--gpg-homedir``): guests verify signatures on every pull."""
     _targets: dict[str, Target] = field(default_factory=dict)
     _boots: dict[str, int] = field(default_factory=dict)
+    _background: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose")
+    )
+    """Composes of the other arches' fixture trees, one at a time (see :meth:`fixture_commit`)."""
+
+    def close(self) -> None:
+        """Drop the background composes nobody has waited for yet (one running goes on)."""
+        self._background.shutdown(wait=False, cancel_futures=True)
 
     def target(self, arch: str) -> Target:
         """The target for ``arch`` (built once per session)."""
@@ -314,19 +322,19 @@ class Harness:
 
         Earlier versions of the same stream are composed first, so that commit order (and
         timestamps, which ``ostree admin upgrade`` checks) follows version order.  Asking for
-        a tree also starts its compose for every other ``--arch`` of the session, in the
-        background: a foreign compose is minutes of emulated dpkg, which then overlaps with
-        this arch's tests instead of following them.  Only available when the session
-        composes its own repo (no ``--repo``).
+        a tree also queues its compose for the session's other ``--arch``, composed one at a
+        time in the background: a foreign compose is minutes of emulated dpkg, which then
+        overlaps with this arch's tests instead of following them (one at a time: two
+        composes beside a booting guest would starve it of CPU).  Only available when the
+        session composes its own repo (no ``--repo``).
         """
         if not self.composed:
             raise UserError(f"fixture tree {name!r} is only composed when --repo is not given")
-        arches = (arch, *(a for a in self.options.arches if a != arch))
-        pool = ThreadPoolExecutor(max_workers=len(arches), thread_name_prefix="compose")
-        futures = {a: pool.submit(self._compose_stream, name, a) for a in arches}
-        pool.shutdown(wait=False)  # the other arches' composes go on; their locks order them
-        # A failure for another arch is raised when that arch's own tests ask for the tree.
-        return futures[arch].result()
+        for other in self.options.arches:
+            if other != arch:
+                # Its failure, if any, is raised when that arch's own tests ask for the tree.
+                self._background.submit(self._compose_stream, name, other)
+        return self._compose_stream(name, arch)
 
     def _compose_stream(self, name: str, arch: str) -> Commit:
         """Compose fixture tree ``name`` for ``arch``, after the earlier versions of its stream."""
@@ -339,7 +347,8 @@ class Harness:
             ),
             key=lambda d: (d.version, d.name),
         )
-        # One lock per arch: arches compose side by side, xdist workers never compose twice.
+        # One lock per arch: a background compose and a test's own never compose twice, nor
+        # do pytest-xdist workers.
         with _locked(self.state.root / f"compose-{arch}.lock"):
             for definition in stream[: stream.index(wanted) + 1]:
                 result = compose(
@@ -459,7 +468,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         pytest.exit(f"treegate: {exc.one_line()}", returncode=2)
     run_dir = state.runs / os.environ["TREEGATE_RUN_ID"]
     with serve(repo) as port:
-        yield Harness(
+        harness = Harness(
             options,
             state,
             repo,
@@ -468,6 +477,8 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             repo_port=port,
             signing=signing,
         )
+        yield harness
+        harness.close()
 
 
 MACHINE_FOOTPRINT_MIB = 1536
