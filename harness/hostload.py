@@ -1,8 +1,8 @@
 """Whether the host starved its guests of CPU: what decides who a guest timeout blames.
 
 Under TCG every guest instruction is host CPU time, so a host with more busy threads than
-cores slows every guest down: a boot that takes 25 s on an idle 2-core host took over 120 s
-with two 2-vCPU guests booting side by side, and the good tree it was booting would have
+cores slows every guest down: a reboot that takes 30 s on an idle 2-core host took over
+120 s with two 2-vCPU guests side by side, and the good tree it was rebooting would have
 been rejected.  Linux's pressure stall information (``/proc/pressure/cpu``) says what share
 of the last minute runnable tasks spent waiting for a CPU.  Above :data:`STARVED_PERCENT`,
 a guest that missed its time limit says nothing about the tree: the harness reports the
