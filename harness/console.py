@@ -167,6 +167,16 @@ class ConsoleWatcher:
                 f"console shows {found.pattern.meaning}: {found.line}", console_tail=self.tail()
             )
 
+    def size(self) -> int:
+        """How much the console has printed so far: a position for :meth:`seen_after`."""
+        self._read()
+        return sum(len(t) for t in self._text)
+
+    def seen_after(self, position: int, regex: str) -> bool:
+        """True when ``regex`` occurs in what the console printed after ``position``."""
+        self._read()
+        return re.search(regex, clean("".join(self._text)[position:])) is not None
+
     def wait_text_seen(self, regex: str) -> bool:
         """True when ``regex`` occurs in the console since the last mark (for retry loops)."""
         self._read()

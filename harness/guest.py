@@ -235,6 +235,7 @@ class Guest:
             chan.exec_command(command)
             chunks: list[bytes] = []
             deadline = time.monotonic() + limit
+            console_at = self.console.size()
             while True:
                 if time.monotonic() > deadline:
                     chan.close()
@@ -246,6 +247,11 @@ class Guest:
                     data = chan.recv(65536)
                 except TimeoutError:
                     self._check_alive()
+                    if self.console.seen_after(console_at, _RESTARTING):
+                        # A machine that resets drops its TCP connections without a word;
+                        # the user-mode network's retransmission backoff would take a minute
+                        # or more to notice.  The kernel's last line says it at once.
+                        raise EOFError("the console shows the machine restarting") from None
                     continue
                 if not data:
                     break
@@ -520,6 +526,8 @@ class _ConnectionLost(InfraError):
     """The SSH connection went away under a command (handled by :meth:`Guest.execute`)."""
 
 
+# The kernel's last line before a reset (printed at every log level).
+_RESTARTING = r"reboot: Restarting system"
 _SSHD_FAILED = r"Failed to start (?:ssh|sshd)\S*\.service|Failed to start .*OpenBSD Secure Shell"
 
 _STATUS_LINE = re.compile(

@@ -83,3 +83,17 @@ def test_watcher_follows_a_growing_file_and_honours_marks(tmp_path: Path) -> Non
     watcher.mark()
     watcher.check()  # the panic is before the mark
     assert "Kernel panic" in watcher.tail()
+
+
+def test_seen_after_looks_only_past_its_position(tmp_path: Path) -> None:
+    # The lines are the end of a guest's own reboot, as its console printed them.
+    log = tmp_path / "console.log"
+    log.write_text("[   77.9] systemd-shutdown[1]: Syncing filesystems and block devices.\n")
+    watcher = ConsoleWatcher(log)
+    start = watcher.size()
+    assert start > 0
+    assert not watcher.seen_after(start, r"reboot: Restarting system")
+    with open(log, "a") as f:
+        f.write("[   78.045225] reboot: Restarting system\n\x1b[H\x1b[J\x1b[1;1H\n")
+    assert watcher.seen_after(start, r"reboot: Restarting system")
+    assert not watcher.seen_after(watcher.size(), r"reboot: Restarting system")
