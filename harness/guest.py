@@ -222,6 +222,8 @@ class Guest:
         if self._client is None:
             self.wait_for_ssh()
         assert self._client is not None
+        # A dead or frozen machine is said so now: opening a channel on it would wait 30 s.
+        self._check_alive()
         limit = timeout * self.timeout_scale
         try:
             transport = self._client.get_transport()

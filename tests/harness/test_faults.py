@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,14 +48,22 @@ def test_qemu_killed_under_a_test_is_an_error(machine: Guest) -> None:
 
 def test_frozen_qemu_is_an_error_long_before_the_command_timeout(machine: Guest) -> None:
     pid = qemu_pid(machine)
-    os.kill(pid, signal.SIGSTOP)
+    # Frozen under a running command, two seconds in.
+    freeze = threading.Timer(2.0, os.kill, (pid, signal.SIGSTOP))
     try:
         start = time.monotonic()
+        freeze.start()
         with pytest.raises(MachineDied, match="stopped"):
-            machine.execute("sleep 1", timeout=600)
+            machine.execute("sleep 60", timeout=600)
         # Caught at the first polling tick after the freeze, not at the 600 s timeout.
-        assert time.monotonic() - start < 120
+        assert time.monotonic() - start < 30
+        # A command started on the frozen machine fails at once, before SSH waits on it.
+        start = time.monotonic()
+        with pytest.raises(MachineDied, match="stopped"):
+            machine.execute("true", timeout=600)
+        assert time.monotonic() - start < 5
     finally:
+        freeze.cancel()
         os.kill(pid, signal.SIGCONT)
 
 
