@@ -40,6 +40,9 @@ def test_usr_is_read_only_and_state_is_writable(shared_machine: Guest) -> None:
     )
 
 
+# ci/nightly, and every gate's smoke suite: ci/test reboots through the bootloader in the
+# rollback, rebase, upgrade and external tests already.
+@pytest.mark.nightly
 def test_reboot_changes_boot_id(shared_machine: Guest, candidate: Commit) -> None:
     """A reboot through systemd and the bootloader comes back as a new boot of the same commit."""
     before = shared_machine.boot_id()
