@@ -229,6 +229,7 @@ class Guest:
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("SSH transport closed")
+            console_at = self.console.size()  # a reset from here on ends the command
             chan = transport.open_session(timeout=30)
             chan.set_combine_stderr(True)
             # Short receive timeouts are polling ticks: the deadline below decides, and a silent
@@ -237,7 +238,6 @@ class Guest:
             chan.exec_command(command)
             chunks: list[bytes] = []
             deadline = time.monotonic() + limit
-            console_at = self.console.size()
             while True:
                 if time.monotonic() > deadline:
                     chan.close()
