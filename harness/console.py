@@ -149,8 +149,7 @@ class ConsoleWatcher:
 
     def mark(self) -> None:
         """Forget failures printed before now (e.g. the shutdown of a reboot)."""
-        self._read()
-        self._scanned_from = sum(len(t) for t in self._text)
+        self._scanned_from = self.size()
 
     def tail(self, lines: int = 25) -> str:
         """The last ``lines`` non-empty lines of the console."""

@@ -3,8 +3,9 @@ installed-tests tree, every installed test (narrowed by ``--installed-prefix``) 
 ``tests/system/test_installed.py`` runs each item, then ``gnome-desktop-testing-runner`` runs
 the same tests by hand with the same timeout, and each test's outcome must match.
 
-With every libostree test this takes 35 min under TCG: ci/nightly, beside the whole
-installed suite.  (``--installed-prefix`` narrows both, e.g. to a few fast tests by hand.)
+With every libostree test this takes about an hour under TCG (each test runs twice, 33 min
+a side): ci/nightly, beside the whole installed suite.  (``--installed-prefix`` narrows both,
+e.g. to a few fast tests by hand.)
 """
 
 from __future__ import annotations
