@@ -30,7 +30,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,18 +134,52 @@ def compose(
     if definition.layers_on_parent():
         assert definition.parent is not None
         parent = compose(definition.parent, arch, repo, workdir=workdir, progress=progress)
-        with tempfile.TemporaryDirectory(prefix="layer-", dir=workdir) as tmp:
-            layer = _layer(definition, definition.parent, repo, parent.commit, Path(tmp))
+        with _workspace(workdir, "layer-") as tmp:
+            layer = _layer(definition, definition.parent, repo, parent.commit, tmp)
             commit = repo.commit(layer, ref, subject=subject, metadata=metadata, base=parent.commit)
         return ComposeResult(ref, commit, False, time.monotonic() - start)
     _check_can_run(arch)
-    with tempfile.TemporaryDirectory(prefix="compose-", dir=workdir) as tmp:
-        root = Path(tmp) / "root"
-        _mmdebstrap(definition, arch, root, Path(tmp), progress or (lambda line: None))
+    with _workspace(workdir, "compose-") as tmp:
+        root = tmp / "root"
+        _mmdebstrap(definition, arch, root, tmp, progress or (lambda line: None))
         _to_ostree_layout(root)
         commit = repo.commit(root, ref, subject=subject, metadata=metadata)
         _remove_tree(root)
     return ComposeResult(ref, commit, False, time.monotonic() - start)
+
+
+@contextmanager
+def _workspace(workdir: Path, prefix: str) -> Iterator[Path]:
+    """A scratch directory under ``workdir``, removed afterwards however the block ends.
+
+    If mmdebstrap was killed before it could unmount its chroot, what is still mounted below
+    is unmounted first: removing files through a mounted /proc or /sys would fail (and must
+    never be tried on a bind mount), and that error would hide why the compose stopped.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    try:
+        yield tmp
+    finally:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        for mount in mounts_below(tmp, mountinfo):
+            run(["umount", "--lazy", mount], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mounts_below(path: Path, mountinfo: str) -> list[str]:
+    """The mount points at or below ``path`` in ``mountinfo`` (``/proc/self/mountinfo``'s
+    format), deepest first: the order to unmount them in."""
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # The kernel escapes space, tab, newline and backslash in octal (\040 ...).
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == str(path) or point.startswith(prefix):
+            found.append(point)
+    return sorted(found, key=lambda p: p.count("/"), reverse=True)
 
 
 def _recipe(arch: Arch) -> str:

@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from harness.errors import CommandError, InfraError
 
 log = logging.getLogger("treegate.run")
+
+_PR_SET_PDEATHSIG = 1
+
+STOP_GRACE = 60.0
+"""Seconds a command has to exit after SIGTERM before it is killed: mmdebstrap unmounts its
+chroot and removes its files in that time."""
+
+
+def _dies_with_caller() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the kernel send the child SIGTERM when its caller dies.
+
+    So no command outlives a treegate or pytest process that was killed outright, and a
+    compose still gets to unmount its chroot.  The libc handle is looked up here, in the
+    parent: between fork and exec the child only makes the one system call.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return setup
+
+
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """End ``proc`` the way it can clean up after itself: SIGTERM, a grace period, SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run(
@@ -28,7 +63,9 @@ def run(
     """Run ``argv`` and return the completed process with text stdout/stderr.
 
     Raises :class:`CommandError` (with stderr) when the command exits non-zero and ``check``
-    is true, and :class:`InfraError` when the program does not exist or times out.  With
+    is true, and :class:`InfraError` when the program does not exist or times out.  A command
+    that is cut short (timeout, Ctrl-C, SIGTERM to treegate) gets SIGTERM and time to clean up
+    before it is killed, and one whose caller dies gets SIGTERM from the kernel.  With
     ``capture`` false the command's output goes to the terminal.  With ``on_line``, stdout and
     stderr are merged and each line is handed to it as it arrives (progress of long steps);
     the merged text is then the result's ``stdout`` and ``stderr`` both.  With
@@ -42,25 +79,32 @@ def run(
         return _run_streaming(args, full_env, cwd, check, on_line)
     out_file = open(stdout_path, "wb") if stdout_path is not None else None  # noqa: SIM115
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             args,
-            input=data,
+            stdin=subprocess.PIPE if data is not None else None,
             env=full_env,
             cwd=cwd,
             stdout=out_file if out_file else subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
-            timeout=timeout,
-            check=False,
+            preexec_fn=_dies_with_caller(),
         )
     except FileNotFoundError as exc:
+        if out_file is not None:
+            out_file.close()
         raise InfraError(f"{args[0]} is not installed", hint="run ci/setup") from exc
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        _stop(proc)
         raise InfraError(f"{args[0]} did not finish within {timeout:.0f} s") from exc
+    except BaseException:
+        _stop(proc)
+        raise
     finally:
         if out_file is not None:
             out_file.close()
-    stdout = (proc.stdout or b"").decode(errors="replace")
-    stderr = (proc.stderr or b"").decode(errors="replace")
+    stdout = (out or b"").decode(errors="replace")
+    stderr = (err or b"").decode(errors="replace")
     result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, stderr or stdout)
@@ -85,6 +129,7 @@ def _run_streaming(
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
+            preexec_fn=_dies_with_caller(),
         )
     except FileNotFoundError as exc:
         raise InfraError(f"{args[0]} is not installed", hint="run ci/setup") from exc
@@ -95,9 +140,7 @@ def _run_streaming(
             on_line(line.rstrip("\n"))
         proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     text = "".join(lines)
     result = subprocess.CompletedProcess(args, proc.returncode, text, text)
     if check and proc.returncode != 0:

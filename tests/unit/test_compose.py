@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.compose import _parse_deb822, _parse_one_line, _tree_path, _wanted_by
+from harness.compose import (
+    _parse_deb822,
+    _parse_one_line,
+    _tree_path,
+    _wanted_by,
+    mounts_below,
+)
 from harness.definition import load_definition
 from harness.errors import UserError
 
@@ -77,3 +83,28 @@ def test_which_fixtures_are_layers() -> None:
     assert layers <= layered
     # New packages need a full compose.
     assert "docker" not in layered and "minimal" not in layered
+
+
+MOUNTINFO = """\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+90 22 0:5 / /work/.treegate/tmp/compose-ab/root/proc ro,relatime - proc proc ro
+91 22 0:20 / /work/.treegate/tmp/compose-ab/root/sys ro - sysfs sys ro
+92 22 0:21 / /work/.treegate/tmp/compose-ab/root/dev/pts rw - devpts none rw
+93 22 0:22 / /work/.treegate/tmp/compose-abc/root/proc ro - proc proc ro
+94 22 0:23 / /work/my\\040dir/compose-x/root/proc ro - proc proc ro
+"""
+
+
+def test_mounts_left_in_a_workspace_are_found_deepest_first() -> None:
+    found = mounts_below(Path("/work/.treegate/tmp/compose-ab"), MOUNTINFO)
+    assert found[0] == "/work/.treegate/tmp/compose-ab/root/dev/pts"
+    # A sibling whose name merely starts the same (compose-abc) is not below it.
+    assert sorted(found) == [
+        "/work/.treegate/tmp/compose-ab/root/dev/pts",
+        "/work/.treegate/tmp/compose-ab/root/proc",
+        "/work/.treegate/tmp/compose-ab/root/sys",
+    ]
+    assert mounts_below(Path("/work/my dir/compose-x"), MOUNTINFO) == [
+        "/work/my dir/compose-x/root/proc"
+    ]
+    assert mounts_below(Path("/elsewhere"), MOUNTINFO) == []

@@ -1,0 +1,69 @@
+"""How host commands end when treegate stops them: real child processes, no VM.
+
+A compose that is cut short must get the chance to unmount its chroot, so a command is sent
+SIGTERM and given time before it is killed, and it gets SIGTERM from the kernel when the
+treegate (or pytest) process that started it dies outright.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfraError
+from harness.run import run
+
+
+def _trapping(marker: Path) -> list[str]:
+    """A command that, on SIGTERM, takes a moment to clean up and writes ``marker``."""
+    script = f"trap 'sleep 0.3; echo cleaned > {marker}; exit 0' TERM; sleep 60 & wait"
+    return ["sh", "-c", script]
+
+
+def test_a_timed_out_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned"
+    with pytest.raises(InfraError, match="did not finish within 1 s"):
+        run(_trapping(marker), timeout=1)
+    assert marker.read_text() == "cleaned\n"
+
+
+def test_an_interrupted_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(_trapping(marker))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert marker.read_text() == "cleaned\n"
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["captured", "streamed"])
+def test_a_command_gets_sigterm_when_its_caller_is_killed(tmp_path: Path, streaming: bool) -> None:
+    marker = tmp_path / "cleaned"
+    on_line = "lambda line: None" if streaming else "None"
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from harness.run import run; run({_trapping(marker)!r}, on_line={on_line})",
+        ]
+    )
+    time.sleep(1.0)  # the caller has started its command
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.read_text() == "cleaned\n"
