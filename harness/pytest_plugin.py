@@ -35,6 +35,7 @@ import json
 import os
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -188,7 +189,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _restore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        # A cancelled CI job gets SIGTERM: unwind as from Ctrl-C, so every fixture destroys
+        # its machine, a compose cleans up its chroot, and pytest reports the run as
+        # interrupted, instead of dying with QEMU work directories and half-made files left.
+        signal.signal(signal.SIGTERM, _interrupt)
+        config.add_cleanup(_restore_sigterm)
     if not hasattr(config, "workerinput"):
         # One run id for the controller and every pytest-xdist worker it starts.
         os.environ.setdefault("TREEGATE_RUN_ID", time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid()))
