@@ -66,7 +66,7 @@ def generate_allure(allure: Path, results: Path, out: Path) -> None:
 
 
 def cases(allure_report: Path) -> list[Case]:
-    """The tests of a generated allure report, one per test and arch.
+    """The tests of a generated allure report, one per test (parameter set) and arch.
 
     A test run again by the gate after an error has two results (allure may or may not
     group them as retries: their parameters can differ when the first attempt broke before
@@ -86,7 +86,7 @@ def cases(allure_report: Path) -> list[Case]:
         ):
             outcome = "flaky"
         case = Case(
-            test=_node_id(data),
+            test=_node_id(data, arch),
             arch=arch,
             outcome=outcome,
             duration=float(data.get("duration") or 0) / 1000,
@@ -114,11 +114,22 @@ def _status(retry: object, directory: Path) -> str:
     return str(json.loads(path.read_text()).get("status", "")) if path.is_file() else ""
 
 
-def _node_id(data: dict[str, object]) -> str:
-    """``tests/system/test_smoke.py::test_x`` from allure's ``tests.system.test_smoke#test_x``."""
+def _node_id(data: dict[str, object], arch: str) -> str:
+    """The matrix row of a result: ``tests/system/test_smoke.py::test_x`` from allure's
+    ``tests.system.test_smoke#test_x``, with the test's parameters other than the arch
+    (``test_gate.py::test_rejected[failing-unit-minimal-smoke]``): each parameter set is a
+    row of its own, so one that fails is never hidden behind another that passed."""
     full = str(data.get("fullName") or data.get("name") or "?")
-    module, _, name = full.partition("#")
-    return f"{module.replace('.', '/')}.py::{name}" if name else full
+    module, _, function = full.partition("#")
+    node = f"{module.replace('.', '/')}.py::{function}" if function else full
+    _, bracket, ids = str(data.get("name") or "").partition("[")
+    if not bracket:
+        return node
+    # pytest joins the ids of a test's parameters with "-"; no arch name has one in it.
+    ids = ids.removesuffix("]")
+    parts = ids.split("-")
+    rest = "-".join(part for part in parts if part != arch) if arch in parts else ids
+    return f"{node}[{rest}]" if rest else node
 
 
 def record(store: Store, results: Path, found: Sequence[Case]) -> None:
@@ -217,7 +228,8 @@ def matrix_page(found: Sequence[Case], points: Sequence[TrendPoint], flaky: Sequ
         for p in points
     )
     flaky_items = "".join(f"<li>{html.escape(f)}</li>" for f in flaky) or "<li>none</li>"
-    head = "".join(f"<th>{html.escape(a)}</th>" for a in arches)
+    # "-": tests without an arch parameter (say, one gate across two arches).
+    head = "".join(f"<th>{html.escape(a if a != '-' else 'no arch')}</th>" for a in arches)
     summary = ", ".join(f'<span class="{o}">{n} {o}</span>' for o, n in counts.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>treegate report</title>

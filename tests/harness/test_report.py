@@ -1,6 +1,6 @@
 """``treegate report`` end to end: a real run on a real VM, its report opened in Chromium.
 
-A small suite (one check that passes, one that fails, on a booted candidate) runs in a
+A small suite (checks that pass and one that fails, on a booted candidate) runs in a
 pytest session of its own and writes allure results; ``treegate report`` builds the HTML
 report; headless Chromium loads it over HTTP from 127.0.0.1, and the matrix it renders must
 show the outcomes the run produced.  A screenshot of the page is kept with the test's files.
@@ -37,8 +37,10 @@ def test_root_is_root(shared_machine):
     assert shared_machine.succeed("id -u").strip() == "0"
 
 
-def test_a_file_that_is_not_there(shared_machine):
-    shared_machine.succeed("test -e /etc/treegate-no-such-file")
+# Two parameter sets of one test, one passing and one failing: two rows of the matrix.
+@pytest.mark.parametrize("path", ["etc", "no-such-file"])
+def test_a_path_exists(shared_machine, path):
+    shared_machine.succeed(f"test -e /{path}")
 """
 
 
@@ -109,8 +111,12 @@ def test_report_matrix_shows_the_run_outcomes(
     produced = {}
     for path in results.glob("*-result.json"):
         data = json.loads(path.read_text())
-        produced[data["name"].split("[", 1)[0]] = data["status"]
-    assert produced == {"test_root_is_root": "passed", "test_a_file_that_is_not_there": "failed"}
+        produced[data["name"]] = data["status"]
+    assert produced == {
+        "test_root_is_root[x86_64]": "passed",
+        "test_a_path_exists[x86_64-etc]": "passed",
+        "test_a_path_exists[x86_64-no-such-file]": "failed",
+    }
 
     out = tmp_path / "report"
     report = treegate_cli(
@@ -128,15 +134,19 @@ def test_report_matrix_shows_the_run_outcomes(
 
     with served(out) as base:
         dom = chromium("--dump-dom", f"{base}/index.html")
-        cells = dict(re.findall(r"<tr><th>[^<]*::(\w+)</th><td class=\"(\w+)\"", dom))
-        assert cells == {"test_root_is_root": "passed", "test_a_file_that_is_not_there": "failed"}
+        cells = dict(re.findall(r"<tr><th>[^<]*::([^<]+)</th><td class=\"(\w+)\"", dom))
+        assert cells == {
+            "test_root_is_root": "passed",
+            "test_a_path_exists[etc]": "passed",
+            "test_a_path_exists[no-such-file]": "failed",
+        }
         # The failed cell links to the test's page in the allure report, which opens on it
         # with the summary the plugin wrote: what failed, on which arch, how to reproduce.
         link = re.search(r'<td class="failed"[^>]*><a href="([^"]+)"', dom)
         assert link is not None
         page = chromium("--dump-dom", f"{base}/{link.group(1)}")
         text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S))
-        assert "test_a_file_that_is_not_there" in text
+        assert "test_a_path_exists[x86_64-no-such-file]" in text
         assert "failed on x86_64" in text and "reproduce: pytest" in text
         shot = harness.run_dir / "report" / "matrix.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
