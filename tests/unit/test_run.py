@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +21,12 @@ from harness.run import run
 
 
 def _trapping(marker: Path) -> list[str]:
-    """A command that, on SIGTERM, takes a moment to clean up and writes ``marker``."""
-    script = f"trap 'sleep 0.3; echo cleaned > {marker}; exit 0' TERM; sleep 60 & wait"
+    """A command that, on SIGTERM, takes a moment to clean up and writes ``marker``; it
+    writes ``marker``.started once its trap is set."""
+    script = (
+        f"trap 'sleep 0.3; echo cleaned > {marker}; exit 0' TERM; "
+        f"touch {marker}.started; sleep 60 & wait"
+    )
     return ["sh", "-c", script]
 
 
@@ -34,18 +39,19 @@ def test_a_timed_out_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -
 
 def test_an_interrupted_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -> None:
     marker = tmp_path / "cleaned"
+    started = tmp_path / "cleaned.started"
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def ctrl_c_once_started() -> None:
+        while not started.exists():
+            time.sleep(0.05)
+        # Ctrl-C, delivered to the main thread: its wait is interrupted, KeyboardInterrupt.
+        signal.pthread_kill(main, signal.SIGINT)
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(_trapping(marker))
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Thread(target=ctrl_c_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run(_trapping(marker), timeout=60)
     assert marker.read_text() == "cleaned\n"
 
 
@@ -60,7 +66,11 @@ def test_a_command_gets_sigterm_when_its_caller_is_killed(tmp_path: Path, stream
             f"from harness.run import run; run({_trapping(marker)!r}, on_line={on_line})",
         ]
     )
-    time.sleep(1.0)  # the caller has started its command
+    started = tmp_path / "cleaned.started"
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert caller.poll() is None and time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
     caller.send_signal(signal.SIGKILL)
     caller.wait()
     deadline = time.monotonic() + 10
