@@ -15,10 +15,13 @@ def test_docker_runs_a_container_offline(machine: Guest) -> None:
     machine.wait_for_unit("docker.service", timeout=180)
     machine.succeed(DOCKER_IMPORT, timeout=300)
     out = machine.succeed(
-        f"docker run --rm --network none {DOCKER_IMAGE} /bin/echo hello-from-container",
+        f"docker run --rm --network none {DOCKER_IMAGE} "
+        "/bin/sh -c 'echo hello-from-container; cat /proc/self/attr/current'",
         timeout=300,
     )
     assert "hello-from-container" in out
+    # Confined by the profile dockerd loads itself (the fixture tree masks apparmor.service).
+    assert "docker-default (enforce)" in out, out
 
 
 # An upgrade of the Docker tree costs minutes of dockerd under TCG: ci/nightly runs it on
