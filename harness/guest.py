@@ -17,11 +17,13 @@ console, so a kernel panic ends any wait at once.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import select
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +152,7 @@ class Guest:
                 self.expected_boot_id = self._raw_boot_id()
 
     def _connect(self, limit: float) -> None:
-        greeting = _Greeting(self.vm.ssh_port)
+        greeting = _Greeting(self.vm.ssh_port, self._looks_up)
 
         def attempt(_last: bool) -> paramiko.SSHClient | None:
             self._check_alive()
@@ -173,6 +175,10 @@ class Guest:
                 what="SSH to answer",
                 on_timeout=timed_out,
             )
+
+    def _looks_up(self) -> bool:
+        # A login prompt since the last mark: this boot's getty, not the one before a reboot.
+        return self.console.wait_text_seen(_LOGIN_PROMPT)
 
     def _timeout(self, message: str, console_tail: str) -> TreegateError:
         """A missed time limit: the tree's :class:`GuestTimeout`, unless the host was starving
@@ -386,7 +392,7 @@ class Guest:
                 self._run("systemctl reboot", timeout=30)
             self.close()
             seen_old = False
-            greeting = _Greeting(self.vm.ssh_port)
+            greeting = _Greeting(self.vm.ssh_port, self._looks_up)
 
             def came_back(_last: bool) -> bool:
                 nonlocal seen_old
@@ -530,6 +536,8 @@ class _ConnectionLost(InfraError):
 
 # The kernel's last line before a reset (printed at every log level).
 _RESTARTING = r"reboot: Restarting system"
+# A getty's prompt on the serial console: userspace is up, and sshd starts beside it.
+_LOGIN_PROMPT = r"(?m)^\S+ login: "
 _SSHD_FAILED = r"Failed to start (?:ssh|sshd)\S*\.service|Failed to start .*OpenBSD Secure Shell"
 
 _STATUS_LINE = re.compile(
@@ -574,22 +582,40 @@ class _Greeting:
     QEMU's user-mode network accepts a host connection at once and only then connects to the
     guest; while the guest boots, slirp retransmits that SYN with a growing backoff, so one
     connection that simply waits for the banner can sit seconds past the moment sshd starts.
-    Each poll therefore opens one more connection and watches the last few together: the first
-    to show ``SSH-`` wins (a slow sshd greets on an old one, a fresh one gets past the backoff).
-    The greeting is only peeked at, so paramiko reads it as usual.
+    Once the guest is ``up``, each poll therefore opens one more connection and watches the
+    last few together: the first to show ``SSH-`` wins (a slow sshd greets on an old one, a
+    fresh one gets past the backoff).  The greeting is only peeked at, so paramiko reads it as
+    usual.
+
+    Until then a new connection is opened only every :attr:`QUIET_INTERVAL` seconds.  slirp
+    keeps every connection it accepted, closed by us or not, and hands them all to the guest
+    when its network comes up: a connection every half second through a 30 s reboot was some
+    fifty connections arriving at once, sshd throttled them (``MaxStartups``), forked a child
+    for each under emulation, and greeted treegate 18-20 s after it started listening.
     """
 
     KEEP = 6
     """Connections watched at once; sshd's default MaxStartups is 10."""
 
-    def __init__(self, port: int) -> None:
+    QUIET_INTERVAL = 5.0
+    """Seconds between new connections while the guest has not shown that it is up."""
+
+    def __init__(self, port: int, up: Callable[[], bool] = lambda: True) -> None:
         self.port = port
+        self.up = up
         self.pending: list[socket.socket] = []
+        self._opened = -math.inf
 
     def poll(self, wait: float) -> socket.socket | None:
-        """Open one more connection; return the first greeted one within ``wait`` seconds."""
-        with contextlib.suppress(OSError):
-            self.pending.append(socket.create_connection(("127.0.0.1", self.port), timeout=wait))
+        """Open one more connection if it is time to; return the first greeted one within
+        ``wait`` seconds."""
+        now = time.monotonic()
+        if now - self._opened >= self.QUIET_INTERVAL or self.up():
+            with contextlib.suppress(OSError):  # refused: QEMU is not listening yet
+                self.pending.append(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=wait)
+                )
+                self._opened = now
         while len(self.pending) > self.KEEP:
             self.pending.pop(0).close()
         if not self.pending:
