@@ -4,12 +4,16 @@
 fine, runs firmware, and then hangs a 64-bit kernel right after its decompressor.  So the
 first time treegate wants KVM for an arch on a host, it boots the candidate's own kernel under
 KVM with no root filesystem and waits for the kernel's "VFS: Unable to mount root" panic.
-Seeing it within a few seconds proves KVM works; the answer is cached per host, QEMU version
-and arch in the state directory.  Everything else runs under TCG (multi-threaded).
+Seeing it within a few seconds proves KVM works; the answer is cached per host (and host
+boot), kernel, QEMU version and arch in the user's cache directory (:func:`host_cache`), not
+in a state directory: it is a fact of the host, and a fresh clone or an empty state directory
+need not pay a 20 s probe to learn it again.  Everything else runs under TCG
+(multi-threaded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -65,7 +69,8 @@ def choose_accel(
     reason = Accel.kvm_unusable_reason(arch)
     if reason is not None:
         return Accel.tcg, f"TCG: {reason}"
-    key = f"{platform.node()}|{os.uname().release}|{qemu_version(arch.qemu_binary)}|{arch.name}"
+    host = f"{platform.node()}|{_host_boot_id()}|{os.uname().release}"
+    key = f"{host}|{qemu_version(arch.qemu_binary)}|{arch.name}"
     results = _load(cache)
     if key not in results:
         ok, detail = probe_kvm(arch, kernel)
@@ -141,6 +146,21 @@ def qemu_version(binary: str) -> str:
         return "missing"
 
 
+def host_cache() -> Path:
+    """Where probe results are kept: ``$XDG_CACHE_HOME/treegate/accel.json`` (by default
+    ``~/.cache/treegate/accel.json``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "treegate" / "accel.json"
+
+
+def _host_boot_id() -> str:
+    # A host that rebooted may have another hypervisor setup under it: probe again.
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
 def _load(cache: Path) -> dict[str, dict[str, object]]:
     try:
         data = json.loads(cache.read_text())
@@ -150,6 +170,12 @@ def _load(cache: Path) -> dict[str, dict[str, object]]:
 
 
 def _save(cache: Path, results: dict[str, dict[str, object]]) -> None:
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(cache)
+    # An unwritable cache costs a probe next time, nothing more.
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(cache)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

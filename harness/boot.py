@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import log
-from harness.accel import Accel, choose_accel, qemu_version
+from harness.accel import Accel, choose_accel, host_cache, qemu_version
 from harness.arch import Arch, get_arch
 from harness.errors import InfraError, TreeFailure, UserError
 from harness.guest import Guest
@@ -130,13 +130,13 @@ def accel_for(target: Target, image: Image) -> tuple[Accel, str]:
     """The accelerator for machines of ``image``, with the one-line reason."""
     if target.force_accel or Accel.kvm_unusable_reason(target.arch) is not None:
         return choose_accel(
-            target.arch, Path("/nonexistent"), target.state.accel_cache, force=target.force_accel
+            target.arch, Path("/nonexistent"), host_cache(), force=target.force_accel
         )
     kernel = image.path.parent / "vmlinuz"
     if not kernel.exists():
         kver = target.repo.kernel_version(image.commit)
         target.repo.export_file(image.commit, f"/usr/lib/modules/{kver}/vmlinuz", kernel)
-    return choose_accel(target.arch, kernel, target.state.accel_cache)
+    return choose_accel(target.arch, kernel, host_cache())
 
 
 def machines_dir(state: State) -> Path:

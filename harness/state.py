@@ -53,8 +53,3 @@ class State:
     def key(self) -> Path:
         """The harness's private ed25519 key (``key.pub`` beside it)."""
         return self.root / "id_ed25519"
-
-    @property
-    def accel_cache(self) -> Path:
-        """Results of KVM probe boots, per host and arch."""
-        return self.root / "accel.json"
