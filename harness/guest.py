@@ -605,12 +605,15 @@ class _Greeting:
         self.up = up
         self.pending: list[socket.socket] = []
         self._opened = -math.inf
+        self._up = False
 
     def poll(self, wait: float) -> socket.socket | None:
         """Open one more connection if it is time to; return the first greeted one within
         ``wait`` seconds."""
         now = time.monotonic()
-        if now - self._opened >= self.QUIET_INTERVAL or self.up():
+        # Once up, always up: the console is not searched again on every poll.
+        self._up = self._up or self.up()
+        if now - self._opened >= self.QUIET_INTERVAL or self._up:
             with contextlib.suppress(OSError):  # refused: QEMU is not listening yet
                 self.pending.append(
                     socket.create_connection(("127.0.0.1", self.port), timeout=wait)
