@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from harness import log
 from harness.arch import ARCHES, get_arch
@@ -402,9 +402,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"treegate: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``treegate`` command (also used to render --help in docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="treegate",
         description="Boot OSTree commits in real VMs, test them over SSH, gate their promotion.",
     )

@@ -309,3 +309,17 @@ def test_gate_with_a_gpg_homedir_without_a_secret_key_is_one_line(
         state=tmp_path / "s",
     )
     assert_one_line_error(r, 2, "no secret key in")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["gate", "--workers", "many"], "argument --workers: invalid int value: 'many'"),
+        (["imag"], "invalid choice: 'imag'"),
+        (["image", "--arch", "x86_64"], "the following arguments are required: --repo"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    r = treegate(*args, state=tmp_path / "s")
+    assert_one_line_error(r, 2, needle, "--help)")
+    assert "usage:" not in r.stderr
