@@ -406,7 +406,7 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line, like every other bad input."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"treegate: error: {message} (see {self.prog} --help)\n")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -632,10 +632,22 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _failed(exc: TreegateError) -> int:
+    """Say what went wrong in one line; the exit status says whose fault it was."""
+    print(f"treegate: error: {exc.one_line()}", file=sys.stderr)
+    if isinstance(exc, UserError):
+        return 2
+    if isinstance(exc, TreeFailure):
+        return 1
+    return 3 if isinstance(exc, InfraError) else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``treegate`` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as exc:
+        return _failed(exc)
     # boot narrates what it does (the accelerator chosen, the wait for SSH); others are quiet.
     log.setup(args.verbose + (1 if args.command == "boot" else 0))
     func: Callable[[argparse.Namespace], int] = args.func
@@ -647,12 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("treegate: interrupted", file=sys.stderr)
         return 130
     except TreegateError as exc:
-        print(f"treegate: error: {exc.one_line()}", file=sys.stderr)
-        if isinstance(exc, UserError):
-            return 2
-        if isinstance(exc, TreeFailure):
-            return 1
-        return 3 if isinstance(exc, InfraError) else 2
+        return _failed(exc)
     except OSError as exc:
         # A host problem that no layer anticipated (full disk, permissions): still one line.
         where = f" ({exc.filename})" if exc.filename else ""
