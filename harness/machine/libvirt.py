@@ -289,6 +289,9 @@ class LibvirtVM:
                     nvram.text = str(self.workdir / "efivars.fd")
             else:
                 ET.SubElement(os_, "loader", type="rom").text = fw.path
+        if any(fw.kind == "pflash-code" for fw in arch.firmware):
+            # No wait for a key in UEFI's boot manager (5 s in AAVMF): see qemu.py.
+            ET.SubElement(os_, "bootmenu", enable="yes", timeout="0")
         features = ET.SubElement(dom, "features")
         if arch.name == "x86_64":
             ET.SubElement(features, "acpi")

@@ -241,6 +241,9 @@ class QemuVM:
         for fw in self.config.arch.firmware:
             if fw.kind == "pflash-code":
                 args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={fw.path}"]
+                # UEFI's boot manager waits for a key (5 s in AAVMF) before it boots, unless
+                # QEMU passes it a boot menu timeout: zero, as libvirt's <bootmenu> does.
+                args += ["-boot", "menu=on,splash-time=0"]
             elif fw.kind == "pflash-vars":
                 # Each machine gets its own copy of the UEFI variable store.
                 args += [

@@ -65,6 +65,9 @@ def test_aarch64_boots_through_uefi_with_its_own_variable_store(tmp_path: Path) 
     nvram = dom.find("os/nvram")
     assert nvram is not None and nvram.get("template") == "/usr/share/AAVMF/AAVMF_VARS.fd"
     assert nvram.text == str(tmp_path / "vm" / "efivars.fd")
+    # UEFI's boot manager does not wait for a key (libvirt: -boot menu=on,splash-time=0).
+    bootmenu = dom.find("os/bootmenu")
+    assert bootmenu is not None and bootmenu.attrib == {"enable": "yes", "timeout": "0"}
     # The firmware, GRUB and the kernel's console draw on ramfb: screenshots show them.
     assert dom.find("devices/video/model").get("type") == "ramfb"  # type: ignore[union-attr]
     args = qemu_args(dom)
