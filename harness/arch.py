@@ -20,7 +20,8 @@ class Firmware:
     path: str
     package: str
     kind: str
-    """``pflash-code`` (read-only UEFI code), ``pflash-vars`` (copied per machine) or ``bios``."""
+    """``pflash-code`` (read-only UEFI code), ``pflash-vars`` (copied per machine) or
+    ``u-boot`` (the boot ROM, with its environment in flash: :mod:`harness.uboot`)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ ARCHES: dict[str, Arch] = {
             host_machines=(),
             timeout_scale=2.0,
             display="virtio-gpu-pci",
-            firmware=(Firmware("/usr/lib/u-boot/qemu_arm/u-boot.bin", "u-boot-qemu", "bios"),),
+            firmware=(Firmware("/usr/lib/u-boot/qemu_arm/u-boot.bin", "u-boot-qemu", "u-boot"),),
             layout="uboot-armv7",
         ),
     )

@@ -146,7 +146,7 @@ def machines_dir(state: State) -> Path:
     return path
 
 
-SNAPSHOT_RECIPE = "2"
+SNAPSHOT_RECIPE = "3"
 """Bump when the machine's devices change: a saved state restores only into the same devices."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from harness import uboot
 from harness.accel import Accel
 from harness.arch import Arch
 from harness.errors import UserError
@@ -118,6 +119,17 @@ def check_firmware(arch: Arch) -> None:
             raise UserError(
                 f"{arch.name} firmware {fw.path} is missing", hint=f"apt-get install {fw.package}"
             )
+
+
+def u_boot_environment(arch: Arch, workdir: Path) -> Path | None:
+    """Write the flash bank holding U-Boot's environment without its boot countdown
+    (:mod:`harness.uboot`) into a machine's ``workdir``; None when ``arch`` boots no U-Boot,
+    or its U-Boot's default environment is not found (it then boots after the countdown)."""
+    for fw in arch.firmware:
+        if fw.kind == "u-boot":
+            dest = workdir / "u-boot-env.fd"
+            return dest if uboot.write_flash(Path(fw.path), dest) else None
+    return None
 
 
 def make_overlay(base: Path, base_format: str, overlay: Path) -> None:

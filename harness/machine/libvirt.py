@@ -5,9 +5,11 @@ another host.  A domain is named ``treegate-<run>-<test>`` (``virsh list`` shows
 it), runs QEMU as root on a throw-away qcow2 overlay (``cache=unsafe``) with the same
 devices, CPU and firmware as the QEMU backend, and reaches the world the same way:
 user-mode networking restricted to SSH in on a loopback port and the repo server out.
-Two things libvirt's own XML cannot say are passed as QEMU arguments (``<qemu:commandline>``,
+What libvirt's own XML cannot say is passed as QEMU arguments (``<qemu:commandline>``,
 which libvirt reports as "custom-argv"): that network (libvirt's ``<interface
-type='user'>`` forwards ports only through passt), and the ``-cpu`` of the arch profile.
+type='user'>`` forwards ports only through passt), the ``-cpu`` of the arch profile, and on
+ARMv7 the flash bank holding U-Boot's environment (:mod:`harness.uboot`; libvirt's ROM
+loader has no second bank).
 
 The serial console comes through libvirt's console stream into a local file, so the
 console watcher reads it the same way for a local or a remote daemon.  Domains are created
@@ -51,6 +53,7 @@ from harness.machine.base import (
     MachineConfig,
     check_firmware,
     make_overlay,
+    u_boot_environment,
     write_machine_record,
 )
 from harness.machine.qemu import free_port
@@ -174,6 +177,9 @@ class LibvirtVM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.backend.remote:  # a remote host has firmware files of its own
             check_firmware(self.config.arch)
+            # (and so a remote ARMv7 machine keeps U-Boot's countdown: its flash file would
+            # have to be uploaded first)
+            u_boot_environment(self.config.arch, self.workdir)
         conn = self._conn = connect(self.backend.uri)
         disk = self._make_disk(conn)
         for _attempt in range(5):
@@ -323,7 +329,10 @@ class LibvirtVM:
         ET.SubElement(seclabel, "label").text = "+0:+0"
         cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         cpu = "host" if c.accel is Accel.kvm else arch.cpu
-        for arg in ["-cpu", cpu, "-netdev", self._netdev(), "-device", self._nic()]:
+        args = ["-cpu", cpu, "-netdev", self._netdev(), "-device", self._nic()]
+        if self._u_boot_env.exists():  # libvirt's <loader type='rom'> is -bios: flash 0
+            args += ["-drive", self._u_boot_drive()]
+        for arg in args:
             ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
         return ET.tostring(dom, encoding="unicode")
 
@@ -335,6 +344,13 @@ class LibvirtVM:
                 f"-cmd:socat - TCP:127.0.0.1:{self._repo_port}"
             )
         return netdev
+
+    @property
+    def _u_boot_env(self) -> Path:
+        return self.workdir / "u-boot-env.fd"
+
+    def _u_boot_drive(self) -> str:
+        return f"if=pflash,format=raw,unit=1,readonly=on,file={self._u_boot_env}"
 
     @staticmethod
     def _nic() -> str:
@@ -363,6 +379,8 @@ class LibvirtVM:
         for arg in dom.iter(f"{{{QEMU_NS}}}arg"):
             if arg.get("value", "").startswith("user,id=tgnet"):
                 arg.set("value", self._netdev())
+            elif arg.get("value", "").startswith("if=pflash,format=raw,unit=1,"):
+                arg.set("value", self._u_boot_drive())  # this machine's copy
         # One saved state runs as one domain at a time (libvirt keeps its name and UUID):
         # wait for another worker's machine of the same state to end.
         deadline = time.monotonic() + 600

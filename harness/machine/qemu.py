@@ -34,6 +34,7 @@ from harness.machine.base import (
     MachineConfig,
     check_firmware,
     make_overlay,
+    u_boot_environment,
     write_machine_record,
 )
 from harness.retry import retry
@@ -250,8 +251,11 @@ class QemuVM:
                     "-drive",
                     f"if=pflash,format=raw,unit=1,file={self.workdir / 'efivars.fd'}",
                 ]
-            else:
+            else:  # u-boot
                 args += ["-bios", fw.path]
+                env = self.workdir / "u-boot-env.fd"
+                if env.exists():  # written by _check_firmware
+                    args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={env}"]
         return args
 
     def _check_firmware(self) -> None:
@@ -259,6 +263,7 @@ class QemuVM:
         for fw in self.config.arch.firmware:
             if fw.kind == "pflash-vars":
                 shutil.copyfile(fw.path, self.workdir / "efivars.fd")
+        u_boot_environment(self.config.arch, self.workdir)
 
     def _spawn(self) -> None:
         if self._qmp_sock is not None:

@@ -15,7 +15,7 @@ import pytest
 from harness.accel import Accel
 from harness.arch import Firmware, get_arch
 from harness.errors import UserError
-from harness.machine.base import Backend, MachineConfig
+from harness.machine.base import Backend, MachineConfig, u_boot_environment
 from harness.machine.libvirt import QEMU_NS, LibvirtVM
 from harness.machine.screen import ppm_to_png
 
@@ -83,6 +83,20 @@ def test_armv7_boots_u_boot_as_its_rom(tmp_path: Path) -> None:
     assert dom.find("devices/video/model").get("type") == "virtio"  # type: ignore[union-attr]
 
 
+def test_armv7_gets_u_boot_environment_in_its_second_flash_bank(tmp_path: Path) -> None:
+    vm = vm_for("armv7", tmp_path)
+    vm.workdir.mkdir(parents=True)
+    uboot = tmp_path / "u-boot.bin"
+    uboot.write_bytes(b"code\0bootcmd=run distro_bootcmd\0bootdelay=2\0\0more")
+    arch = dataclasses.replace(
+        get_arch("armv7"), firmware=(Firmware(str(uboot), "u-boot-qemu", "u-boot"),)
+    )
+    assert u_boot_environment(arch, vm.workdir) == vm.workdir / "u-boot-env.fd"
+    args = qemu_args(ET.fromstring(vm.domain_xml("/o.qcow2")))
+    drive = args[args.index("-drive") + 1]
+    assert drive == f"if=pflash,format=raw,unit=1,readonly=on,file={vm.workdir}/u-boot-env.fd"
+
+
 @pytest.mark.parametrize(
     ("uri", "remote"),
     [
@@ -99,7 +113,7 @@ def test_which_uris_are_remote(uri: str, remote: bool) -> None:
 
 
 def test_missing_firmware_is_one_line_before_libvirt_is_asked(tmp_path: Path) -> None:
-    missing = Firmware(str(tmp_path / "u-boot.bin"), "u-boot-qemu", "bios")
+    missing = Firmware(str(tmp_path / "u-boot.bin"), "u-boot-qemu", "u-boot")
     arch = dataclasses.replace(get_arch("armv7"), firmware=(missing,))
     cfg = MachineConfig(arch=arch, accel=Accel.tcg, workdir=tmp_path / "vm")
     vm = LibvirtVM(
