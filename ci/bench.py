@@ -14,7 +14,9 @@ test on an already booted machine, minus the same check over plain ssh).  With
 installed.ARCH.in_one_go_s (``gnome-desktop-testing-runner`` running the same tests in one
 go inside one restored machine), installed.ARCH.overhead_per_test_s (their difference per
 test), installed.ARCH.item_overhead_s (the median of each item's pytest time minus the time
-the test itself ran in the guest) and installed.ARCH.tests (how many).  Run by ``ci/bench``.
+the test itself ran in the guest) and installed.ARCH.tests (how many).  Always, as a
+yardstick for the rest: host.cpu_s (a fixed single-threaded loop on the host, before and
+after everything else).  Run by ``ci/bench``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,24 @@ def boot_figures(
                 key = f"{arch_name}.{prefix}restore_to_ssh"
                 samples.setdefault(key, []).append(timed(target, True))
     return samples
+
+
+def host_yardstick() -> list[float]:
+    """Seconds for a fixed single-threaded loop on the host, three times.
+
+    Hosts of the same kind, and one host from hour to hour, ran the same boots up to twice
+    as fast as each other (README, "Speed"): a figure can be compared with one taken at
+    another time only beside this one.
+    """
+
+    def once() -> float:
+        start = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        return time.perf_counter() - start
+
+    return [once() for _ in range(3)]
 
 
 def image_figures(state: State, repo: Repo, runs: int) -> dict[str, list[float]]:
@@ -388,7 +408,7 @@ def main() -> int:
     state = State.at(args.state_dir)
     repo = Repo(state.root / "fixtures-repo")
     repo.init()
-    detail: dict[str, list[float]] = {}
+    detail: dict[str, list[float]] = {"host.cpu_s": host_yardstick()}
     detail.update(image_figures(state, repo, args.runs))
     for arch_name in args.arch or ["x86_64"]:
         exclude = excluded_suites(args.exclude_suite, arch_name)
@@ -409,6 +429,7 @@ def main() -> int:
             detail.update(
                 installed_figures(state, repo, arch_name, prefixes, args.installed_timeout, exclude)
             )
+    detail["host.cpu_s"] += host_yardstick()  # the host may have changed meanwhile
     items, plain = overhead_per_test(state, repo, args.runs)
     detail["overhead.per_test"] = [i - statistics.median(plain) for i in items]
     # Not among the issue's keys, printed for context: the two sides of that difference.
