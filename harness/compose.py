@@ -24,6 +24,7 @@ unchanged definition returns the existing commit.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -44,7 +45,8 @@ from harness.run import run
 log = logging.getLogger("treegate.compose")
 
 RECIPE = "3"
-"""Bump when the compose recipe changes what a definition produces: it invalidates the cache."""
+"""Bump when this module's code changes what a definition produces: it invalidates the cache.
+(Changes to the initramfs module and the configuration written from here are seen without.)"""
 
 DRACUT_CONF = """\
 # Written by treegate's compose: the lean initramfs of dracut module "treegate" (in
@@ -183,8 +185,18 @@ def mounts_below(path: Path, mountinfo: str) -> list[str]:
 
 
 def _recipe(arch: Arch) -> str:
-    """The compose recipe for ``arch``: what the cache key needs beyond the definition."""
-    return f"{RECIPE}|{arch.kernel_package}|{','.join(arch.boot_packages)}"
+    """The compose recipe for ``arch``: what the cache key needs beyond the definition.
+
+    Besides :data:`RECIPE`, the arch's kernel and boot packages, it covers what compose puts
+    into every tree from here (the dracut configuration, treegate's initramfs module, the
+    tmpfiles lines), so editing ``initramfs/init.sh`` recomposes without a manual bump.
+    """
+    built_in = hashlib.sha256((DRACUT_CONF + TMPFILES).encode())
+    for path in sorted(INITRAMFS_MODULE.iterdir()):
+        built_in.update(path.name.encode() + b"\0" + path.read_bytes())
+    return (
+        f"{RECIPE}|{arch.kernel_package}|{','.join(arch.boot_packages)}|{built_in.hexdigest()[:16]}"
+    )
 
 
 def _tree_path(path: str) -> str:

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import compose
+from harness.arch import get_arch
 from harness.compose import (
     _parse_deb822,
     _parse_one_line,
+    _recipe,
     _tree_path,
     _wanted_by,
     mounts_below,
@@ -108,3 +111,20 @@ def test_mounts_left_in_a_workspace_are_found_deepest_first() -> None:
         "/work/my dir/compose-x/root/proc"
     ]
     assert mounts_below(Path("/elsewhere"), MOUNTINFO) == []
+
+
+def test_editing_the_initramfs_module_changes_every_compose_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "initramfs"
+    module.mkdir()
+    for path in compose.INITRAMFS_MODULE.iterdir():
+        (module / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(compose, "INITRAMFS_MODULE", module)
+    arch = get_arch("armv7")
+    before = _recipe(arch)
+    assert _recipe(arch) == before  # the same files, the same key
+    init = module / "init.sh"
+    init.write_text(init.read_text() + "# one more line\n")
+    assert _recipe(arch) != before
+    assert _recipe(get_arch("aarch64")) != _recipe(arch)
