@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,19 +39,26 @@ def test_a_timed_out_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -
 
 def test_an_interrupted_command_gets_sigterm_and_time_to_clean_up(tmp_path: Path) -> None:
     marker = tmp_path / "cleaned"
+    # The caller is a process of its own, interrupted as Ctrl-C interrupts treegate: SIGINT,
+    # which Python turns into KeyboardInterrupt inside run().  (Sent to this pytest process's
+    # main thread instead, it once went unanswered for 60 s at the end of a long CI session.)
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from harness.run import run; run({_trapping(marker)!r}, timeout=60)",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     started = tmp_path / "cleaned.started"
-
-    def ctrl_c_once_started() -> None:
-        while not started.exists():
-            time.sleep(0.05)
-        # Ctrl-C, delivered to the main thread: its wait is interrupted, KeyboardInterrupt.
-        signal.pthread_kill(main, signal.SIGINT)
-
-    main = threading.main_thread().ident
-    assert main is not None
-    threading.Thread(target=ctrl_c_once_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run(_trapping(marker), timeout=60)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert caller.poll() is None and time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+    caller.send_signal(signal.SIGINT)
+    _, err = caller.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
     assert marker.read_text() == "cleaned\n"
 
 
