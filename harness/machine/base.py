@@ -121,15 +121,27 @@ def check_firmware(arch: Arch) -> None:
             )
 
 
-def u_boot_environment(arch: Arch, workdir: Path) -> Path | None:
+U_BOOT_ENV = "u-boot-env.fd"
+"""The flash image with U-Boot's environment, in a machine's work directory."""
+
+
+def u_boot_environment(arch: Arch, workdir: Path) -> None:
     """Write the flash bank holding U-Boot's environment without its boot countdown
-    (:mod:`harness.uboot`) into a machine's ``workdir``; None when ``arch`` boots no U-Boot,
-    or its U-Boot's default environment is not found (it then boots after the countdown)."""
+    (:mod:`harness.uboot`) into a machine's ``workdir``, when ``arch`` boots U-Boot and its
+    default environment is found (otherwise it boots after the countdown)."""
     for fw in arch.firmware:
         if fw.kind == "u-boot":
-            dest = workdir / "u-boot-env.fd"
-            return dest if uboot.write_flash(Path(fw.path), dest) else None
-    return None
+            uboot.write_flash(Path(fw.path), workdir / U_BOOT_ENV)
+
+
+def u_boot_drive(workdir: Path) -> list[str]:
+    """QEMU's ``-drive`` for the flash bank :func:`u_boot_environment` wrote into
+    ``workdir`` (the second bank: U-Boot itself is ``-bios``, the first); none if it wrote
+    none."""
+    env = workdir / U_BOOT_ENV
+    if not env.exists():
+        return []
+    return ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={env}"]
 
 
 def make_overlay(base: Path, base_format: str, overlay: Path) -> None:

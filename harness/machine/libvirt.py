@@ -53,6 +53,7 @@ from harness.machine.base import (
     MachineConfig,
     check_firmware,
     make_overlay,
+    u_boot_drive,
     u_boot_environment,
     write_machine_record,
 )
@@ -329,10 +330,9 @@ class LibvirtVM:
         ET.SubElement(seclabel, "label").text = "+0:+0"
         cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         cpu = "host" if c.accel is Accel.kvm else arch.cpu
+        # libvirt's <loader type='rom'> is -bios; U-Boot's environment goes in the second bank.
         args = ["-cpu", cpu, "-netdev", self._netdev(), "-device", self._nic()]
-        if self._u_boot_env.exists():  # libvirt's <loader type='rom'> is -bios: flash 0
-            args += ["-drive", self._u_boot_drive()]
-        for arg in args:
+        for arg in [*args, *u_boot_drive(self.workdir)]:
             ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
         return ET.tostring(dom, encoding="unicode")
 
@@ -344,13 +344,6 @@ class LibvirtVM:
                 f"-cmd:socat - TCP:127.0.0.1:{self._repo_port}"
             )
         return netdev
-
-    @property
-    def _u_boot_env(self) -> Path:
-        return self.workdir / "u-boot-env.fd"
-
-    def _u_boot_drive(self) -> str:
-        return f"if=pflash,format=raw,unit=1,readonly=on,file={self._u_boot_env}"
 
     @staticmethod
     def _nic() -> str:
@@ -379,8 +372,8 @@ class LibvirtVM:
         for arg in dom.iter(f"{{{QEMU_NS}}}arg"):
             if arg.get("value", "").startswith("user,id=tgnet"):
                 arg.set("value", self._netdev())
-            elif arg.get("value", "").startswith("if=pflash,format=raw,unit=1,"):
-                arg.set("value", self._u_boot_drive())  # this machine's copy
+            elif arg.get("value", "").startswith("if=pflash,") and u_boot_drive(self.workdir):
+                arg.set("value", u_boot_drive(self.workdir)[1])  # this machine's copy
         # One saved state runs as one domain at a time (libvirt keeps its name and UUID):
         # wait for another worker's machine of the same state to end.
         deadline = time.monotonic() + 600

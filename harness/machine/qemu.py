@@ -34,6 +34,7 @@ from harness.machine.base import (
     MachineConfig,
     check_firmware,
     make_overlay,
+    u_boot_drive,
     u_boot_environment,
     write_machine_record,
 )
@@ -252,10 +253,7 @@ class QemuVM:
                     f"if=pflash,format=raw,unit=1,file={self.workdir / 'efivars.fd'}",
                 ]
             else:  # u-boot
-                args += ["-bios", fw.path]
-                env = self.workdir / "u-boot-env.fd"
-                if env.exists():  # written by _check_firmware
-                    args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={env}"]
+                args += ["-bios", fw.path, *u_boot_drive(self.workdir)]
         return args
 
     def _check_firmware(self) -> None:

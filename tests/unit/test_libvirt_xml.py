@@ -91,7 +91,7 @@ def test_armv7_gets_u_boot_environment_in_its_second_flash_bank(tmp_path: Path) 
     arch = dataclasses.replace(
         get_arch("armv7"), firmware=(Firmware(str(uboot), "u-boot-qemu", "u-boot"),)
     )
-    assert u_boot_environment(arch, vm.workdir) == vm.workdir / "u-boot-env.fd"
+    u_boot_environment(arch, vm.workdir)
     args = qemu_args(ET.fromstring(vm.domain_xml("/o.qcow2")))
     drive = args[args.index("-drive") + 1]
     assert drive == f"if=pflash,format=raw,unit=1,readonly=on,file={vm.workdir}/u-boot-env.fd"
