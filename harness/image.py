@@ -46,7 +46,7 @@ from harness.repo import Commit, Repo
 from harness.run import run
 from harness.signing import SigningKey
 
-RECIPE = "4"
+RECIPE = "5"
 """Bump when the image recipe changes what an image contains: it invalidates the cache."""
 
 STATEROOT = "debian"
@@ -239,7 +239,10 @@ def _build(
         "OS": STATEROOT,
         "REMOTE": GUEST_REMOTE,
         "REMOTE_URL": GUEST_REPO_URL,
-        "KARGS": " ".join(f"--karg={shlex.quote(a)}" for a in kernel_args(arch)),
+        # --karg-append, not --karg: --karg replaces an earlier argument of the same name, so
+        # of the two console= only the serial one reached the kernel and the screen stayed
+        # empty of the kernel's messages.
+        "KARGS": " ".join(f"--karg-append={shlex.quote(a)}" for a in kernel_args(arch)),
         "STAGE": str(stage),
         "DISK": str(disk),
         "BOOT_OFFSET": str(boot.offset),

@@ -80,3 +80,23 @@ def test_a_screenshot_shows_what_the_console_just_showed(machine: Guest, tmp_pat
             break
         time.sleep(0.5)
     assert text > blank + 3000, f"{shot}: {text} lit pixels after writing, {blank} before"
+
+
+def test_the_kernels_messages_reach_the_screen(machine: Guest, tmp_path: Path) -> None:
+    # What a report's screenshot is for: a panic or an error the kernel printed.  Messages of
+    # level err pass `quiet` and go to every console= the kernel was given.
+    assert "console=tty0" in machine.succeed("cat /proc/cmdline").split()
+    machine.succeed(CLEAR)
+    time.sleep(1)
+    blank = lit_pixels(machine.screenshot(tmp_path / "blank.png").read_bytes())
+    machine.succeed("for i in 1 2 3 4 5 6; do printf '<3>%060d\\n' 0 | tr 0 '#' > /dev/kmsg; done")
+    deadline = time.monotonic() + 30
+    while True:
+        shot = machine.screenshot(tmp_path / "kernel.png")
+        text = lit_pixels(shot.read_bytes())
+        if text > blank + 3000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert text > blank + 3000, (
+        f"{shot}: {text} lit pixels after the kernel's messages, {blank} before"
+    )
