@@ -23,6 +23,7 @@ from harness.guest import Guest
 pytestmark = [pytest.mark.vm, pytest.mark.cold_boot]
 
 CLEAR = r"printf '\033[2J\033[H' > /dev/tty0"
+KERNEL_BLOCK = "for i in 1 2 3 4 5 6; do printf '<3>%060d\\n' 0 | tr 0 '#' > /dev/kmsg; done"
 BLOCK = "for i in 1 2 3 4 5 6; do printf '%060d\\n' 0 | tr 0 '#'; done > /dev/tty0"
 
 
@@ -65,12 +66,14 @@ def lit_pixels(png: bytes) -> int:
     return lit
 
 
-def test_a_screenshot_shows_what_the_console_just_showed(machine: Guest, tmp_path: Path) -> None:
+def assert_six_lines_appear(machine: Guest, tmp_path: Path, write: str) -> None:
+    """Clear the console, run ``write`` in the guest (it should put six lines of sixty '#'
+    on the screen) and wait up to 30 s for a screenshot to show them."""
     machine.succeed(CLEAR)
     # The console's framebuffer reaches the display a moment later on a virtio GPU.
     time.sleep(1)
     blank = lit_pixels(machine.screenshot(tmp_path / "blank.png").read_bytes())
-    machine.succeed(BLOCK)
+    machine.succeed(write)
     deadline = time.monotonic() + 30
     while True:
         shot = machine.screenshot(tmp_path / "text.png")
@@ -79,24 +82,15 @@ def test_a_screenshot_shows_what_the_console_just_showed(machine: Guest, tmp_pat
         if text > blank + 3000 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert text > blank + 3000, f"{shot}: {text} lit pixels after writing, {blank} before"
+    assert text > blank + 3000, f"{shot}: {text} lit pixels after {write!r}, {blank} before"
+
+
+def test_a_screenshot_shows_what_the_console_just_showed(machine: Guest, tmp_path: Path) -> None:
+    assert_six_lines_appear(machine, tmp_path, BLOCK)
 
 
 def test_the_kernels_messages_reach_the_screen(machine: Guest, tmp_path: Path) -> None:
     # What a report's screenshot is for: a panic or an error the kernel printed.  Messages of
     # level err pass `quiet` and go to every console= the kernel was given.
     assert "console=tty0" in machine.succeed("cat /proc/cmdline").split()
-    machine.succeed(CLEAR)
-    time.sleep(1)
-    blank = lit_pixels(machine.screenshot(tmp_path / "blank.png").read_bytes())
-    machine.succeed("for i in 1 2 3 4 5 6; do printf '<3>%060d\\n' 0 | tr 0 '#' > /dev/kmsg; done")
-    deadline = time.monotonic() + 30
-    while True:
-        shot = machine.screenshot(tmp_path / "kernel.png")
-        text = lit_pixels(shot.read_bytes())
-        if text > blank + 3000 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert text > blank + 3000, (
-        f"{shot}: {text} lit pixels after the kernel's messages, {blank} before"
-    )
+    assert_six_lines_appear(machine, tmp_path, KERNEL_BLOCK)
