@@ -206,6 +206,15 @@ def pytest_configure(config: pytest.Config) -> None:
         # interrupted, instead of dying with QEMU work directories and half-made files left.
         signal.signal(signal.SIGTERM, _interrupt)
         config.add_cleanup(_restore_sigterm)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    ):
+        # SIGINT is how `treegate gate` stops its pytest run (at its deadline, on Ctrl-C),
+        # and it must unwind the run here too.  A shell without job control starts a
+        # background job (`cmd &` in a script, `nohup … &`) with SIGINT ignored, and that
+        # would reach pytest: the stop would wait 30 s and then kill every machine unclean.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not hasattr(config, "workerinput"):
         # One run id for the controller and every pytest-xdist worker it starts.
         os.environ.setdefault("TREEGATE_RUN_ID", time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid()))
