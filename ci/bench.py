@@ -3,6 +3,9 @@
 Keys (seconds): image.cold, image.cached, ARCH.boot_to_ssh for each ``--arch`` (QEMU start
 through the arch's firmware, bootloader, kernel and systemd to SSH answering),
 ARCH.restore_to_ssh (QEMU start from the saved ready state to SSH answering, clock set),
+ARCH.upgrade_s and ARCH.rollback_s (on a machine restored at the minimal tree: ostree's
+upgrade to minimal-v2, or the rollback from it, through the reboot to SSH answering on that
+commit) with their ostree parts ARCH.upgrade_deploy_s and ARCH.rollback_deploy_s,
 with ``--libvirt`` the same two through libvirt as ARCH.libvirt_boot_to_ssh and
 ARCH.libvirt_restore_to_ssh,
 gate.x86_64_full with ``--gate`` (one ``treegate gate`` of a commit with every suite
@@ -150,6 +153,51 @@ def boot_figures(
             for prefix, target in targets.items():
                 key = f"{arch_name}.{prefix}restore_to_ssh"
                 samples.setdefault(key, []).append(timed(target, True))
+    return samples
+
+
+def upgrade_figures(
+    state: State, repo: Repo, arch_name: str, runs: int, exclude: tuple[str, ...]
+) -> dict[str, list[float]]:
+    """An upgrade and a rollback as the suites do them, each through the arch's firmware and
+    bootloader: a machine restored at the minimal tree (following minimal-v2's ref, as
+    ``baseline_machine``) runs ``machine.upgrade(to=…)`` (pull and deploy) and reboots into
+    minimal-v2, then ``machine.rollback()`` and reboots into minimal again.  Keys:
+    ARCH.upgrade_s and ARCH.rollback_s (command through reboot to SSH answering on the
+    expected commit), ARCH.upgrade_deploy_s and ARCH.rollback_deploy_s (the ostree part)."""
+    arch = get_arch(arch_name)
+    baseline, candidate = (
+        compose(
+            load_definition(ROOT / f"fixtures/trees/{tree}.toml"),
+            arch,
+            repo,
+            workdir=state.tmp,
+            exclude_suites=exclude,
+        )
+        for tree in ("minimal", "minimal-v2")
+    )
+    samples: dict[str, list[float]] = {}
+    with serve(repo) as port:
+        target = Target.create(state, repo, arch_name, repo_port=port)
+        image = image_for(target, baseline.commit, ref=candidate.ref)
+        for _ in range(runs):
+            with booted(target, image, name=f"bench-upgrade-{arch_name}", restore=True) as m:
+                for what, expected in (
+                    ("upgrade", candidate.commit),
+                    ("rollback", baseline.commit),
+                ):
+                    start = time.monotonic()
+                    if what == "upgrade":
+                        m.upgrade(to=expected)
+                    else:
+                        m.rollback()
+                    deployed = time.monotonic()
+                    m.reboot()
+                    done = time.monotonic()
+                    if m.booted_commit() != expected:
+                        raise SystemExit(f"bench: {what} on {arch_name} booted the wrong commit")
+                    samples.setdefault(f"{arch_name}.{what}_s", []).append(done - start)
+                    samples.setdefault(f"{arch_name}.{what}_deploy_s", []).append(deployed - start)
     return samples
 
 
@@ -355,7 +403,8 @@ def main() -> int:
         "--arch",
         action="append",
         choices=["x86_64", "aarch64", "armv7"],
-        help="arches whose boot and restore to measure (repeatable; default x86_64)",
+        help="arches whose boot, restore, upgrade and rollback to measure "
+        "(repeatable; default x86_64)",
     )
     parser.add_argument(
         "--exclude-suite",
@@ -423,6 +472,7 @@ def main() -> int:
     for arch_name in args.arch or ["x86_64"]:
         exclude = excluded_suites(args.exclude_suite, arch_name)
         detail.update(boot_figures(state, repo, arch_name, args.runs, exclude, args.libvirt))
+        detail.update(upgrade_figures(state, repo, arch_name, args.runs, exclude))
 
     if args.gate:
         detail["gate.x86_64_full"] = [

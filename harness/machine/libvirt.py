@@ -369,11 +369,12 @@ class LibvirtVM:
         nvram = dom.find("os/nvram")
         if nvram is not None:  # a fresh copy of the variable store, as the QEMU backend does
             nvram.text = str(self.workdir / "efivars.fd")
+        flash = u_boot_drive(self.workdir)
         for arg in dom.iter(f"{{{QEMU_NS}}}arg"):
             if arg.get("value", "").startswith("user,id=tgnet"):
                 arg.set("value", self._netdev())
-            elif arg.get("value", "").startswith("if=pflash,") and u_boot_drive(self.workdir):
-                arg.set("value", u_boot_drive(self.workdir)[1])  # this machine's copy
+            elif arg.get("value", "").startswith("if=pflash,") and flash:
+                arg.set("value", flash[1])  # this machine's copy
         # One saved state runs as one domain at a time (libvirt keeps its name and UUID):
         # wait for another worker's machine of the same state to end.
         deadline = time.monotonic() + 600
