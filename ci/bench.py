@@ -43,6 +43,7 @@ from harness.arch import ARCHES, get_arch
 from harness.boot import Target, accel_for, booted, image_for, ssh_command
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
+from harness.errors import TreeFailure, TreegateError
 from harness.image import build_image
 from harness.installed import list_in_commit, parse_runner_tap, select
 from harness.machine.base import Backend
@@ -195,7 +196,7 @@ def upgrade_figures(
                     m.reboot()
                     done = time.monotonic()
                     if m.booted_commit() != expected:
-                        raise SystemExit(f"bench: {what} on {arch_name} booted the wrong commit")
+                        raise TreeFailure(f"{what} on {arch_name} booted the wrong commit")
                     samples.setdefault(f"{arch_name}.{what}_s", []).append(done - start)
                     samples.setdefault(f"{arch_name}.{what}_deploy_s", []).append(deployed - start)
     return samples
@@ -464,6 +465,24 @@ def main() -> int:
     )
     args = parser.parse_args()
     log.setup(0)
+    try:
+        return _measure(args)
+    except KeyboardInterrupt:
+        print("ci/bench: interrupted", file=sys.stderr)
+        return 130
+    except TreegateError as exc:  # a missing firmware, a guest that never came up, ...
+        print(f"ci/bench: error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:  # the gate or pytest run it timed
+        print(
+            f"ci/bench: error: {' '.join(map(str, exc.cmd[:4]))} … exited {exc.returncode}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _measure(args: argparse.Namespace) -> int:
+    """Take every figure ``args`` asks for, print them and write them to ``--out``."""
     state = State.at(args.state_dir)
     repo = Repo(state.root / "fixtures-repo")
     repo.init()
