@@ -4,7 +4,8 @@ The tree is built with mmdebstrap from the host's own apt sources (passed explic
 mmdebstrap's built-in default is not what every machine reaches), then rearranged into the
 layout OSTree systems boot:
 
-* kernel and initramfs in ``/usr/lib/modules/$KVER/`` (``vmlinuz``, ``initramfs.img``);
+* kernel and initramfs in ``/usr/lib/modules/$KVER/`` (``vmlinuz``, ``initramfs.img``); on
+  ARMv7 the kernel uncompressed, as a U-Boot legacy image (:mod:`harness.uimage`);
 * ``/etc`` moved to ``/usr/etc`` (ostree makes the deployment's ``/etc`` from it);
 * ``/var`` empty (it is per-machine state), the dpkg database moved to
   ``/usr/share/dpkg/database`` so the package list is part of the commit, with a tmpfiles
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import uimage
 from harness.arch import Arch
 from harness.definition import Definition
 from harness.errors import CommandError, InfraError, UserError
@@ -144,7 +146,7 @@ def compose(
     with _workspace(workdir, "compose-") as tmp:
         root = tmp / "root"
         _mmdebstrap(definition, arch, root, tmp, progress or (lambda line: None))
-        _to_ostree_layout(root)
+        _to_ostree_layout(root, arch)
         commit = repo.commit(root, ref, subject=subject, metadata=metadata)
         _remove_tree(root)
     return ComposeResult(ref, commit, False, time.monotonic() - start)
@@ -187,15 +189,18 @@ def mounts_below(path: Path, mountinfo: str) -> list[str]:
 def _recipe(arch: Arch) -> str:
     """The compose recipe for ``arch``: what the cache key needs beyond the definition.
 
-    Besides :data:`RECIPE`, the arch's kernel and boot packages, it covers what compose puts
+    Besides :data:`RECIPE`, the arch's kernel and boot packages and the form its kernel is
+    stored in (:attr:`Arch.uimage_load`), it covers what compose puts
     into every tree from here (the dracut configuration, treegate's initramfs module, the
     tmpfiles lines), so editing ``initramfs/init.sh`` recomposes without a manual bump.
     """
     built_in = hashlib.sha256((DRACUT_CONF + TMPFILES).encode())
     for path in sorted(INITRAMFS_MODULE.iterdir()):
         built_in.update(path.name.encode() + b"\0" + path.read_bytes())
+    uimage_load = "" if arch.uimage_load is None else f"|uimage@{arch.uimage_load:#x}"
     return (
         f"{RECIPE}|{arch.kernel_package}|{','.join(arch.boot_packages)}|{built_in.hexdigest()[:16]}"
+        f"{uimage_load}"
     )
 
 
@@ -457,7 +462,23 @@ def _explain_mmdebstrap(exc: CommandError, definition: Definition) -> Exception:
     return InfraError(f"mmdebstrap failed: {errors[-1] if errors else exc.message}")
 
 
-def _to_ostree_layout(root: Path) -> None:
+def _to_uimage(kernel: Path, load: int) -> None:
+    """Replace the zImage ``kernel`` with its uncompressed kernel as a U-Boot legacy image (in
+    place, keeping its mode and time).  A kernel that is not an XZ zImage is left as it is:
+    U-Boot boots a zImage too, only slower."""
+    image = uimage.decompress_zimage(kernel.read_bytes())
+    if image is None:
+        return
+    stat = kernel.stat()
+    kernel.write_bytes(
+        uimage.legacy_image(
+            image, load=load, time=int(stat.st_mtime), name=f"Linux {kernel.parent.name}"
+        )
+    )
+    os.utime(kernel, (stat.st_atime, stat.st_mtime))
+
+
+def _to_ostree_layout(root: Path, arch: Arch) -> None:
     boot = root / "boot"
     kernels = sorted(p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*"))
     if len(kernels) != 1:
@@ -465,6 +486,8 @@ def _to_ostree_layout(root: Path) -> None:
     kver = kernels[0]
     moddir = root / "usr/lib/modules" / kver
     shutil.move(boot / f"vmlinuz-{kver}", moddir / "vmlinuz")
+    if arch.uimage_load is not None:
+        _to_uimage(moddir / "vmlinuz", arch.uimage_load)
     initrd = boot / f"initrd.img-{kver}"
     if not initrd.exists():
         raise InfraError(f"dracut made no initramfs for kernel {kver}")

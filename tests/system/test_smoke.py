@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness import uimage
+from harness.arch import get_arch
 from harness.guest import Guest
 from harness.repo import Commit
 
@@ -38,6 +40,23 @@ def test_usr_is_read_only_and_state_is_writable(shared_machine: Guest) -> None:
     shared_machine.succeed(
         "touch /etc/treegate-probe /var/treegate-probe && rm /etc/treegate-probe /var/treegate-probe"
     )
+
+
+def test_kernel_is_stored_as_its_bootloader_boots_it_fastest(
+    shared_machine: Guest, arch: str
+) -> None:
+    """On ARMv7 the booted kernel is the uncompressed U-Boot legacy image that compose made of
+    Debian's zImage (``harness.uimage``), entered where the arch profile says; U-Boot checked
+    both its CRCs before starting it, as at every boot."""
+    load = get_arch(arch).uimage_load
+    if load is None:
+        pytest.skip(f"{arch} kernels are stored as Debian ships them")
+    kernel = "/usr/lib/modules/$(uname -r)/vmlinuz"
+    head = shared_machine.succeed(f"od -An -v -tx1 -N{uimage.HEADER.size} {kernel} | tr -d ' \\n'")
+    fields = uimage.HEADER.unpack(bytes.fromhex(head))
+    magic, size, entry, comp = fields[0], fields[3], fields[5], fields[10]
+    assert (magic, entry, comp) == (uimage.MAGIC, load, uimage.COMP_NONE)
+    assert int(shared_machine.succeed(f"stat -c %s {kernel}")) == uimage.HEADER.size + size
 
 
 # ci/nightly, and every gate's smoke suite: ci/test reboots through the bootloader in the
