@@ -81,16 +81,21 @@ def legacy_image(data: bytes, *, load: int, time: int, name: str) -> bytes:
     return HEADER.pack(MAGIC, crc, time, len(data), load, load, zlib.crc32(data), *tail) + data
 
 
-def read_header(image: bytes) -> Header | None:
-    """The header of a legacy uImage whose CRCs U-Boot would accept, else None."""
+def read_header(image: bytes, *, whole: bool = True) -> Header | None:
+    """The header of a legacy uImage whose CRCs U-Boot would accept, else None.
+
+    With ``whole=False``, ``image`` may be just the first :data:`HEADER` bytes (a kernel read
+    in a guest): only the magic and the header's own CRC are checked.
+    """
     if len(image) < HEADER.size:
         return None
     magic, hcrc, time, size, load, entry, dcrc, os_, arch, typ, comp, name = HEADER.unpack_from(
         image
     )
     zeroed = image[:4] + b"\0\0\0\0" + image[8 : HEADER.size]
-    if magic != MAGIC or hcrc != zlib.crc32(zeroed) or len(image) < HEADER.size + size:
+    if magic != MAGIC or hcrc != zlib.crc32(zeroed):
         return None
-    if dcrc != zlib.crc32(image[HEADER.size : HEADER.size + size]):
+    data = image[HEADER.size : HEADER.size + size]
+    if whole and (len(data) < size or dcrc != zlib.crc32(data)):
         return None
     return Header(load, entry, size, time, name.rstrip(b"\0").decode(), os_, arch, typ, comp)
