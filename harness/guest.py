@@ -364,6 +364,28 @@ class Guest:
         """Wait until something in the guest listens on TCP ``port``."""
         self.wait_until_succeeds(f"ss -Htln 'sport = :{port}' | grep -q .", timeout)
 
+    def wait_for_console_text(self, regex: str, timeout: float = 60.0) -> None:
+        """Wait until ``regex`` shows on the serial console since the last boot.
+
+        Units start in parallel: SSH can answer before ``serial-getty`` has printed its
+        login prompt, so a test about the console waits for what it looks for.
+        """
+        limit = timeout * self.timeout_scale
+        with log.nested(f"waiting for console text {regex!r}"):
+
+            def attempt(last: bool) -> bool:
+                self._check_alive()
+                if self.console.wait_text_seen(regex):
+                    return True
+                if last:
+                    raise TreeFailure(
+                        f"the console did not show {regex!r} within {limit:.0f} s; "
+                        f"its last lines:\n{self.console.tail()}"
+                    )
+                return False
+
+            retry(attempt, limit, what=f"console text {regex!r}")
+
     def sync_clock(self) -> None:
         """Set the guest's clock to the host's (a restored machine wakes up in the past)."""
         self.succeed(f"date -s @{time.time():.3f} >/dev/null", idempotent=True)

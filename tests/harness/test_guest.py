@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import GuestCommandFailed, GuestTimeout
+from harness.errors import GuestCommandFailed, GuestTimeout, TreeFailure
 from harness.guest import Guest
 
 pytestmark = pytest.mark.vm
@@ -38,5 +38,9 @@ def test_files_go_both_ways_and_waits_work(machine: Guest, tmp_path: Path) -> No
     assert back.read_bytes() == local.read_bytes()
     machine.wait_for_unit("ssh.service")
     machine.wait_for_open_port(22)
+    machine.succeed("echo treegate-console-check > /dev/console")
+    machine.wait_for_console_text(r"(?m)^treegate-console-check", timeout=30)
+    with pytest.raises(TreeFailure, match="did not show 'never printed'"):
+        machine.wait_for_console_text("never printed", timeout=2)
     journal = machine.journal(tmp_path / "journal.txt").read_text()
     assert "Linux version" in journal  # this boot's journal, from the kernel's first line on
