@@ -87,31 +87,24 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.1)
 
 
-def _state(pid: int | str) -> tuple[str, str] | None:
-    """(command name, state letter) of process ``pid``, or None when it is gone."""
+def _state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (``Z`` for a zombie), or None when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
     except OSError:
         return None
-    name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
-    return name, rest.split()[0]
 
 
 def _exited(pid: int) -> bool:
     """True when process ``pid`` is gone or a zombie: daemons are reaped by PID 1 here, and
     not always at once."""
-    state = _state(pid)
-    return state is None or state[1] == "Z"
+    return _state(pid) in (None, "Z")
 
 
 def _running(name: str) -> bool:
-    """True when a live process (not a zombie, which ``pgrep`` would count) is ``name``."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            state = _state(entry.name)
-            if state is not None and state[0] == name and state[1] != "Z":
-                return True
-    return False
+    """True when a live process is ``name`` (``pgrep`` alone would count a zombie)."""
+    found = subprocess.run(["pgrep", "-x", "-r", "D,R,S", name], capture_output=True)
+    return found.returncode == 0
 
 
 def _free_port() -> int:
