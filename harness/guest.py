@@ -365,7 +365,10 @@ class Guest:
         self.wait_until_succeeds(f"ss -Htln 'sport = :{port}' | grep -q .", timeout)
 
     def wait_for_console_text(self, regex: str, timeout: float = 60.0) -> None:
-        """Wait until ``regex`` shows on the serial console since the last boot.
+        """Wait until ``regex`` (Python syntax, searched in the console's text without
+        escape sequences) shows on the serial console since the machine started or last
+        rebooted.  A restored machine's console starts at the restore: what its first boot
+        printed is not there.
 
         Units start in parallel: SSH can answer before ``serial-getty`` has printed its
         login prompt, so a test about the console waits for what it looks for.
