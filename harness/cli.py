@@ -97,6 +97,7 @@ def gate_config(args: argparse.Namespace) -> GateConfig:
         "installed_prefixes": tuple(args.installed_prefix) if args.installed_prefix else None,
         "quarantine": load_quarantine(Path(args.quarantine)) if args.quarantine else None,
         "flaky_passes": True if args.flaky_passes else None,
+        "allow_downgrade": True if args.allow_downgrade else None,
         "backend": _backend(args) if args.backend or args.libvirt_uri else None,
     }
     return dataclasses.replace(
@@ -517,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--flaky-passes",
         action="store_true",
         help="a flaky test (error, then passed on a retry) counts as a pass",
+    )
+    p.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="gate a candidate older than the one the tested ref holds (refused otherwise); "
+        "its promotion is stamped with the time it happens, so machines following the ref "
+        "move to it",
     )
     p.add_argument(
         "--timeout-min",

@@ -73,12 +73,16 @@ class BootFailure(_ConsoleTail, TreeFailure):
 
 
 class GuestCommandFailed(TreeFailure):
-    """A command run with ``machine.succeed`` (or ``fail``) did not end as the test expected."""
+    """A command run with ``machine.succeed`` (or ``fail``) did not end as the test expected.
+
+    Its text is the command and its exit status on the first line, then the command's whole
+    output (stdout and stderr as the guest interleaved them); :func:`describe` keeps the
+    output's last lines, where a failing command says why.
+    """
 
     def __init__(self, command: str, status: int, output: str, expected: str) -> None:
-        super().__init__(
-            f"command {command!r} exited {status}, expected {expected}; output:\n{output.rstrip()}"
-        )
+        said = f"; output:\n{output.rstrip()}" if output.strip() else "; no output"
+        super().__init__(f"command {command!r} exited {status}, expected {expected}{said}")
         self.command = command
         self.status = status
         self.output = output
@@ -109,3 +113,37 @@ class HostOverloaded(_ConsoleTail, InfraError):
             message, hint="run fewer machines at once (pytest -n, gate --workers), then again"
         )
         self.console_tail = console_tail
+
+
+SHOWN_LINES = 6
+"""How many lines of a failure's detail (a command's output, a console tail) every place
+that shows a failure keeps: its last ones, where programs say why they stopped."""
+
+SHOWN_WIDTH = 240
+"""How many characters of each such line are kept."""
+
+
+def summarize(text: str, lines: int = SHOWN_LINES, width: int = SHOWN_WIDTH) -> str:
+    """A failure's text as the verdict, the results file and the report show it: the first
+    line (what failed), then the last ``lines`` non-empty lines of the rest (why), each cut
+    to ``width`` characters, with a line saying how many were left out."""
+    all_lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    if not all_lines:
+        return ""
+
+    def cut(line: str) -> str:
+        return line if len(line) <= width else line[: width - 1] + "…"
+
+    head, rest = all_lines[0], all_lines[1:]
+    shown = rest[-lines:] if lines > 0 else []
+    out = [cut(head)]
+    if len(rest) > len(shown):
+        out.append(f"[… {len(rest) - len(shown)} earlier line(s)]")
+    out += [cut(line) for line in shown]
+    return "\n".join(out)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of a failure, summarized (see :func:`summarize`)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {summarize(text)}" if text else type(exc).__name__

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -83,6 +84,9 @@ class GateConfig:
     signing: SigningKey | None = None
     """With a key: candidates (and the rebase target) must be signed by it, guests verify
     every pull against it, and promotion commits and the summary are signed with it."""
+    allow_downgrade: bool = False
+    """Gate (and promote) a candidate older than the one the tested ref holds
+    (``--allow-downgrade``); refused before anything boots otherwise."""
 
 
 def config_for_stream(
@@ -124,6 +128,11 @@ class CaseResult:
     def suite(self) -> str:
         name = self.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
         return name.removeprefix("test_").removesuffix(".py")
+
+    @property
+    def headline(self) -> str:
+        """The message's first line: what failed (the lines after it say why)."""
+        return self.message.split("\n", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,8 @@ def decide(
         first = broken[0]
         return (
             "error",
-            f"{len(broken)} test(s) ended in {first.outcome}: {first.nodeid} ({first.arch}): {first.message}",
+            f"{len(broken)} test(s) ended in {first.outcome}: {first.nodeid} ({first.arch}): "
+            f"{first.headline}",
         )
     flaky = [r for r in results if r.outcome == "flaky"]
     if flaky and not flaky_passes:
@@ -233,7 +243,7 @@ def decide(
             if not mine:
                 return "error", f"required suite {suite} produced no results on {arch}"
             if not any(r.outcome in counts for r in mine):
-                why = mine[0].message or "skipped"
+                why = mine[0].headline or "skipped"
                 return "rejected", f"required suite {suite} was skipped on {arch}: {why}"
     if not results:
         return "error", "no test ran"
@@ -345,6 +355,9 @@ def run_gate(config: GateConfig) -> Verdict:
     tested_refs = {a: expand(config.tested_ref, a) for a in config.arches}
     with gate_lock(state, repo, config.tested_ref, config.wait_for_lock):
         baselines = {a: repo.try_resolve(tested_refs[a]) for a in config.arches}
+        if not config.allow_downgrade:
+            for arch in config.arches:
+                _refuse_downgrade(repo, candidates[arch], baselines[arch], tested_refs[arch])
         suites, notes = required_suites(config, repo, baselines[first_arch], candidates[first_arch])
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -386,7 +399,9 @@ def run_gate(config: GateConfig) -> Verdict:
                     results, [s.name for s in suites], config.arches, config.flaky_passes
                 )
             if decision == "promoted":
-                promotions = _promote(repo, config, candidates, tested_refs, suites, results)
+                promotions = _promote(
+                    repo, config, candidates, baselines, tested_refs, suites, results
+                )
         finally:
             store.finish_run(
                 run_id,
@@ -427,6 +442,38 @@ def run_gate(config: GateConfig) -> Verdict:
     )
 
 
+def _refuse_downgrade(
+    repo: Repo, candidate: Commit, baseline: Commit | None, tested_ref: str
+) -> None:
+    """A one-line :class:`UserError` when ``candidate`` is older than the candidate the
+    tested ref already holds: every machine that follows the ref would be moved back."""
+    if baseline is None:
+        return
+    # The promoted candidate itself, not the promotion commit: an older treegate stamped
+    # promotion commits with the time they were made, later than candidates composed
+    # while they were gated.
+    named = baseline.metadata.get("treegate.candidate")
+    promoted = (repo.try_resolve(named) if named else None) or baseline
+    if candidate.is_older_than(promoted):
+        raise UserError(
+            f"candidate {candidate.short} ({candidate.date}) is older than {promoted.short} "
+            f"({promoted.date}), which {tested_ref} already holds: promoting it would downgrade "
+            "every machine that follows the ref",
+            hint="gate a newer commit, or pass --allow-downgrade to gate this one anyway",
+        )
+
+
+def _promotion_timestamp(candidate: Commit, baseline: Commit | None) -> int:
+    """The promotion commit's timestamp: the candidate's own, so the tested ref's history
+    keeps compose order whatever order the gates ran in; but never older than the tested
+    ref's head (an allowed downgrade, or a head an older treegate stamped when it promoted),
+    since ``ostree admin upgrade`` on every machine that follows the ref would refuse it:
+    then the time of the promotion."""
+    if baseline is None or not candidate.is_older_than(baseline):
+        return candidate.timestamp
+    return max(int(time.time()), baseline.timestamp)
+
+
 def _unsigned(config: GateConfig, repo: Repo, candidates: dict[str, Commit]) -> list[CaseResult]:
     """With a signing key, a failed "signature" result for each candidate or rebase target
     not signed by it (nothing is booted for such a candidate: it is refused)."""
@@ -457,6 +504,7 @@ def _promote(
     repo: Repo,
     config: GateConfig,
     candidates: dict[str, Commit],
+    baselines: dict[str, Commit | None],
     tested_refs: dict[str, str],
     suites: Sequence[Suite],
     results: Sequence[CaseResult],
@@ -478,6 +526,7 @@ def _promote(
                 "treegate.suites": ",".join(s.name for s in suites),
                 "treegate.outcomes": json.dumps(outcomes, sort_keys=True),
             },
+            timestamp=_promotion_timestamp(candidate, baselines[arch]),
             sign=config.signing,
         )
     return promotions
@@ -516,13 +565,13 @@ def _retry_errors(
                     r,
                     outcome="flaky",
                     duration=r.duration + again.duration,
-                    message=f"error, then passed on a fresh machine (first: {r.message})",
+                    message=f"error, then passed on a fresh machine (first: {r.headline})",
                     reproduce="",
                 )
             )
         else:
             out.append(
-                dataclasses.replace(again, message=f"{again.message} (the retry of an error)")
+                dataclasses.replace(again, message=f"the retry of an error: {again.message}")
             )
     return out
 
@@ -695,11 +744,9 @@ def verdict_table(verdict: Verdict) -> str:
     lines += [f"  note: {n}" for n in verdict.notes]
     for r in verdict.results:
         lines.append(f"  {r.outcome:8} {r.duration:6.1f}s  {r.arch:7} {r.nodeid}")
-        if r.outcome in ("failed", "error") and r.message:
-            lines.append(f"           {r.message[:200]}")
-    for r in verdict.results:
-        if r.reproduce:
-            lines.append(f"  reproduce: {r.reproduce}")
+        if r.outcome in BLOCKING_OUTCOMES and r.message:
+            lines += [f"           {line}" for line in r.message.splitlines()]
+    lines += _reproduce_lines(verdict.results)
     for a in verdict.per_arch or ():
         if a.promotion_commit:
             lines.append(f"  promotion commit ({a.arch}): {a.promotion_commit}")
@@ -708,6 +755,27 @@ def verdict_table(verdict: Verdict) -> str:
         f"  report: treegate report --results {verdict.artifacts}/allure-results --out REPORT_DIR"
     )
     return "\n".join(lines)
+
+
+BLOCKING_OUTCOMES = ("failed", "error")
+"""The outcomes that decide a verdict against the candidate (a quarantined failure does
+not)."""
+
+
+def _reproduce_lines(results: Sequence[CaseResult]) -> list[str]:
+    """One ``reproduce:`` line per distinct cause among the blocking results: tests that
+    failed the same way on one arch (eight tests after one kernel panic) share one line."""
+    causes: dict[tuple[str, str], list[CaseResult]] = {}
+    for r in results:
+        if r.outcome in BLOCKING_OUTCOMES and r.reproduce:
+            # A kernel's timestamp differs from boot to boot; the cause does not.
+            cause = re.sub(r"\[\s*\d+\.\d+\]", "", r.headline)
+            causes.setdefault((r.arch, cause), []).append(r)
+    lines = []
+    for same in causes.values():
+        more = f"   (and {len(same) - 1} more that failed the same way)" if len(same) > 1 else ""
+        lines.append(f"  reproduce: {same[0].reproduce}{more}")
+    return lines
 
 
 def _checksum(commit: Commit | None) -> str | None:

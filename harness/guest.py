@@ -471,16 +471,18 @@ class Guest:
                 return d.checksum
         raise TreeFailure(f"machine {self.name} has no booted ostree deployment")
 
-    def upgrade(self, to: str | None = None) -> Deployment:
+    def upgrade(self, to: str | None = None, *, allow_downgrade: bool = False) -> Deployment:
         """Pull and deploy an update from the harness's repo server (``ostree admin upgrade``).
 
         ``to`` pins the commit to deploy (``--override-commit``); without it the origin ref's
-        newest commit is deployed.  Returns the new (pending) default deployment; the machine
-        boots it on the next :meth:`reboot`.
+        newest commit is deployed.  ostree refuses a commit whose timestamp is older than the
+        booted one's; ``allow_downgrade`` lets it through (``--allow-downgrade``).  Returns
+        the new (pending) default deployment; the machine boots it on the next :meth:`reboot`.
         """
-        override = f" --override-commit={shlex.quote(to)}" if to else ""
+        flags = f" --override-commit={shlex.quote(to)}" if to else ""
+        flags += " --allow-downgrade" if allow_downgrade else ""
         with log.nested(f"upgrading {self.name}" + (f" to {to[:12]}" if to else "")):
-            self.succeed(f"ostree admin upgrade{override}", timeout=600)
+            self.succeed(f"ostree admin upgrade{flags}", timeout=600)
         return self._pending_default(to)
 
     def rollback(self) -> Deployment:

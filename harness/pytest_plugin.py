@@ -51,7 +51,14 @@ from harness.arch import ARCHES, get_arch
 from harness.boot import PROJECT_ROOT, Target, accel_for, booted, derived_state, image_for
 from harness.compose import compose, excluded_suites
 from harness.definition import load_definition
-from harness.errors import GuestTimeout, InfraError, TreeFailure, TreegateError, UserError
+from harness.errors import (
+    GuestTimeout,
+    InfraError,
+    TreeFailure,
+    TreegateError,
+    UserError,
+    describe,
+)
 from harness.external import discover
 from harness.guest import Guest
 from harness.image import Image
@@ -705,6 +712,20 @@ DOCKER_LOCAL_STATE = (
 volume ``treegate-data`` whose ``file`` holds ``kept``."""
 
 
+def upgrade_past_timestamps(baseline: Commit, candidate: Commit) -> bool:
+    """Whether upgrading ``baseline`` to ``candidate`` must pass ostree's timestamp check
+    (``allow_downgrade``), as a machine following the tested ref would.
+
+    Only when the baseline is the newer commit: a tested ref promoted by an older treegate
+    (its promotion commit stamped when it was promoted), or a downgrade the gate was told to
+    allow.  The gate then stamps the candidate's promotion commit with the time of the
+    promotion, so every machine that follows the tested ref moves to it; in every other case
+    the promotion commit carries the candidate's own timestamp and the upgrade runs ostree's
+    check as it is (see :meth:`harness.repo.Repo.promote`).
+    """
+    return candidate.is_older_than(baseline)
+
+
 @pytest.fixture
 def upgraded_machine(
     harness: Harness, baseline: Commit, candidate: Commit, arch: str, request: pytest.FixtureRequest
@@ -718,7 +739,8 @@ def upgraded_machine(
     containing ``kept``, and ``/var/lib/treegate/data`` containing ``data``; with Docker in
     the baseline, the :data:`DOCKER_LOCAL_STATE` as well (image :data:`DOCKER_IMAGE`, volume
     ``treegate-data`` with ``file`` containing ``kept``).  It was upgraded
-    with ``machine.upgrade(to=candidate.checksum)`` and rebooted through its bootloader.  A
+    with ``machine.upgrade(to=candidate.checksum)`` (see :func:`upgrade_past_timestamps`)
+    and rebooted through its bootloader.  A
     tree failure on the way (the candidate does not boot after the upgrade, say) fails the
     test, as it would in the test body.
     """
@@ -735,7 +757,9 @@ def upgraded_machine(
             m.wait_for_unit("docker.service", timeout=180)
             for command in DOCKER_LOCAL_STATE:
                 m.succeed(command, timeout=300)
-        m.upgrade(to=candidate.checksum)
+        m.upgrade(
+            to=candidate.checksum, allow_downgrade=upgrade_past_timestamps(baseline, candidate)
+        )
         m.reboot()
 
     if _cold(harness, request):
@@ -888,9 +912,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.when = "setup"
     setattr(item, f"rep_{call.when}", report)
     if exc is not None:
-        # One line that says what went wrong, for the gate's verdict and the store.
-        text = str(exc).strip() or type(exc).__name__
-        message = ("treegate_message", f"{type(exc).__name__}: {text.splitlines()[0]}")
+        # What went wrong and why (a failed command's last output lines), for the gate's
+        # verdict and the store.
+        message = ("treegate_message", describe(exc))
         item.user_properties.append(message)
         report.user_properties.append(message)  # the report holds a copy (xdist sends it)
     if exc is not None and isinstance(exc, TreegateError):
@@ -911,8 +935,10 @@ def _failure_summary(item: pytest.Item, exc: BaseException) -> str:
     arch = callspec.params.get("arch", "x86_64") if callspec is not None else "x86_64"
     candidate = funcargs.get("candidate")
     harness = funcargs.get("harness")
-    what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    lines = [f"{item.name} failed on {arch}: {type(exc).__name__}: {what}"]
+    what, *why = describe(exc).splitlines()
+    if getattr(exc, "console_tail", ""):
+        why = []  # the console's last lines follow below, whole
+    lines = [f"{item.name} failed on {arch}: {what}", *(f"  {line}" for line in why)]
     nodeid = item.nodeid if not item.nodeid.startswith("::") else f"{item.path}::{item.name}"
     argv = ["pytest", nodeid, "--arch", arch]
     guest = next((funcargs[f] for f in _MACHINE_FIXTURES if f in funcargs), None)

@@ -8,6 +8,7 @@ reading metadata, committing composed trees.  Bad refs and missing commits becom
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import functools
 import http.server
@@ -30,11 +31,13 @@ demo): composed, tested and thrown away, so commit speed wins over size."""
 
 @dataclass(frozen=True)
 class Commit:
-    """A resolved commit: its checksum, the ref it was named by (if any) and its metadata."""
+    """A resolved commit: its checksum, the ref it was named by (if any), its metadata and
+    its timestamp (seconds since the epoch, UTC: what ``ostree admin upgrade`` compares)."""
 
     checksum: str
     ref: str | None
     metadata: dict[str, str]
+    timestamp: int = 0
 
     @property
     def version(self) -> str:
@@ -43,6 +46,17 @@ class Commit:
     @property
     def short(self) -> str:
         return self.checksum[:12]
+
+    def is_older_than(self, other: Commit) -> bool:
+        """True when ``ostree admin upgrade`` from ``other`` to this commit would be refused
+        as a downgrade (this commit's timestamp is the older)."""
+        return self.timestamp < other.timestamp
+
+    @property
+    def date(self) -> str:
+        """The timestamp as ``2026-12-07 14:08:43 UTC``."""
+        when = datetime.datetime.fromtimestamp(self.timestamp, datetime.UTC)
+        return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class Repo:
@@ -102,7 +116,7 @@ class Repo:
         if not _CHECKSUM.match(checksum):
             raise UserError(f"{rev!r} does not name a commit in {self.path}")
         try:
-            meta = self._metadata(checksum)
+            meta, timestamp = self._read_commit(checksum)
         except CommandError as exc:
             if "Couldn't find" in exc.stderr or "No such" in exc.stderr:
                 raise UserError(
@@ -114,7 +128,12 @@ class Repo:
                 hint="the repository may be corrupt: ostree fsck",
             ) from None
         named_by_checksum = checksum.startswith(rev) and re.fullmatch(r"[0-9a-f]{4,64}", rev)
-        return Commit(checksum=checksum, ref=None if named_by_checksum else rev, metadata=meta)
+        return Commit(
+            checksum=checksum,
+            ref=None if named_by_checksum else rev,
+            metadata=meta,
+            timestamp=timestamp,
+        )
 
     def try_resolve(self, rev: str) -> Commit | None:
         """Like :meth:`resolve`, but ``None`` when the ref or commit does not exist."""
@@ -143,9 +162,10 @@ class Repo:
             if parent is None:
                 break
             try:
-                out.append(Commit(parent, None, self._metadata(parent)))
+                meta, timestamp = self._read_commit(parent)
             except CommandError:
                 break
+            out.append(Commit(parent, None, meta, timestamp))
         return out
 
     def ref_containing(self, checksum: str) -> str:
@@ -158,11 +178,12 @@ class Repo:
             hint="name a ref with --commit, or put the commit on one",
         )
 
-    def _metadata(self, checksum: str) -> dict[str, str]:
-        # `ostree show --raw` prints the commit GVariant; metadata is its first member, a
-        # dict of string keys.  Only string values are kept: that is all treegate writes.
+    def _read_commit(self, checksum: str) -> tuple[dict[str, str], int]:
+        # `ostree show --raw` prints the commit GVariant: metadata is its first member, a
+        # dict of string keys (only string values are kept: that is all treegate writes);
+        # the timestamp is the uint64 before the two checksums that end it.
         raw = self._ostree("show", "--raw", checksum)
-        return _parse_string_metadata(raw)
+        return _parse_string_metadata(raw), _parse_timestamp(raw)
 
     def commit(
         self,
@@ -201,6 +222,7 @@ class Repo:
         *,
         subject: str,
         metadata: dict[str, str],
+        timestamp: int | None = None,
         sign: SigningKey | None = None,
     ) -> str:
         """Move ``tested_ref`` to the candidate's tree in one atomic ref update.
@@ -208,6 +230,10 @@ class Repo:
         The new commit on ``tested_ref`` has the candidate's exact tree, the previous tested
         commit as parent, and ``metadata`` recording why it was promoted; then the summary is
         regenerated so remotes see it.  With ``sign``, the commit and the summary are signed.
+        ``timestamp`` (seconds since the epoch) is the commit's; by default the candidate's
+        own, so that the tested ref's history keeps compose order: a promotion stamped with
+        the time it happened would be newer than a candidate composed while it was gated,
+        and ``ostree admin upgrade`` refuses a commit older than the booted one.
         Returns the promotion commit's checksum.
         """
         meta = {"version": candidate.version, **metadata}
@@ -216,6 +242,7 @@ class Repo:
             f"--branch={tested_ref}",
             f"--tree=ref={candidate.checksum}",
             f"--subject={subject}",
+            f"--timestamp=@{candidate.timestamp if timestamp is None else timestamp}",
             # No --generate-sizes: it reads and compresses every object of the tree again
             # (12 s for the minimal tree) for metadata the candidate commit already carries.
         ]
@@ -321,6 +348,13 @@ def serve(repo: Repo) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _parse_timestamp(raw: str) -> int:
+    m = re.search(r"uint64 (\d+), \[byte [^\]]*\], \[byte [^\]]*\]\)\s*$", raw)
+    if m is None:
+        raise UserError("an ostree commit printed without its timestamp: is ostree too old?")
+    return int(m.group(1))
 
 
 def _parse_string_metadata(raw: str) -> dict[str, str]:

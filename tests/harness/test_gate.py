@@ -34,6 +34,7 @@ def gate(
 ) -> tuple[int, dict[str, Any], str]:
     """Run ``treegate gate`` as a user would; return its exit status, JSON verdict and output."""
     verdict = tmp_path / "verdict.json"
+    verdict.unlink(missing_ok=True)  # an earlier gate's, in the same test
     proc = cli(
         "gate",
         "--repo",
@@ -81,26 +82,52 @@ def assert_rejected_as_failed(code: int, verdict: dict[str, Any], output: str) -
         assert "--repo" in argv and "--commit" in argv and "--arch" in argv
 
 
-def test_good_candidate_is_promoted(
+def test_candidates_promote_in_compose_order_whatever_order_they_are_gated(
     treegate_cli: TreegateCli, harness: Harness, arch: str, tmp_path: Path, scratch_refs: list[str]
 ) -> None:
-    v2 = harness.fixture_commit("minimal-v2", arch)
-    tested = f"treegate-test/{arch}/tested-{uuid.uuid4().hex[:8]}"
-    scratch_refs.append(tested)
-    assert v2.ref is not None
+    """A build server composes A, then B while A is gated; A is promoted, then B is gated over
+    A's promotion and promoted, its upgrade from A's promotion passing (a promotion commit
+    stamped when it was made would be newer than B, and ``ostree admin upgrade`` refuses an
+    older commit).  Gating A again over B is a downgrade: refused before anything boots."""
+    a, b = (harness.fixture_commit(tree, arch) for tree in ("minimal", "minimal-v2"))
+    assert a.timestamp < b.timestamp  # composed in this order, both before A's gate
+    run = uuid.uuid4().hex[:8]
+    tested = f"treegate-test/{arch}/tested-{run}"
+    refs = {c: f"treegate-test/{arch}/cand-{c}-{run}" for c in ("a", "b")}
+    scratch_refs += [tested, *refs.values()]
+    harness.repo.set_ref(refs["a"], a.checksum)
+    harness.repo.set_ref(refs["b"], b.checksum)
+
     # Default suites: the first commit of a stream is gated without upgrade and rollback.
-    args = ["--ref", v2.ref, "--promote-to", tested, "--arch", arch]
-    code, verdict, output = gate(treegate_cli, harness, tmp_path, *args)
+    args = ["--promote-to", tested, "--arch", arch]
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, "--ref", refs["a"], *args)
     assert code == 0, output
     assert verdict["decision"] == "promoted"
     assert "first commit of the stream" in " ".join(verdict["notes"])
     promoted = harness.repo.resolve(tested)
     assert promoted.checksum == verdict["promotion_commit"]
-    assert promoted.metadata["treegate.candidate"] == v2.checksum
+    assert promoted.metadata["treegate.candidate"] == a.checksum
     assert json.loads(promoted.metadata["treegate.outcomes"])
     assert harness.repo.content_checksum(promoted.checksum) == harness.repo.content_checksum(
-        v2.checksum
+        a.checksum
     )
+
+    args += ["--suite", "upgrade"]
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, "--ref", refs["b"], *args)
+    assert code == 0, output
+    assert [r["outcome"] for r in verdict["results"]] == ["passed"], output
+    assert harness.repo.resolve(tested).metadata["treegate.candidate"] == b.checksum
+    head = harness.repo.resolve(tested).checksum
+
+    runs = set((harness.state.runs).iterdir())
+    code, verdict, output = gate(treegate_cli, harness, tmp_path, "--ref", refs["a"], *args)
+    assert code == 2, output
+    assert verdict == {}
+    [line] = output.strip().splitlines()
+    assert line.startswith(f"treegate: error: candidate {a.short} ("), line
+    assert f"older than {b.short}" in line and "--allow-downgrade" in line, line
+    assert harness.repo.resolve(tested).checksum == head
+    assert set(harness.state.runs.iterdir()) == runs  # nothing ran
 
 
 @pytest.mark.parametrize(

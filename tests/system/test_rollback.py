@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from harness.guest import Guest
+from harness.pytest_plugin import upgrade_past_timestamps
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm
@@ -32,6 +33,6 @@ def test_rollback_boots_previous_commit_then_rolls_forward(
     origin = next(d.origin for d in m.deployments() if d.booted)
     assert origin.startswith("treegate:"), origin
 
-    m.upgrade(to=candidate.checksum)
+    m.upgrade(to=candidate.checksum, allow_downgrade=upgrade_past_timestamps(baseline, candidate))
     m.reboot()
     assert m.booted_commit() == candidate.checksum

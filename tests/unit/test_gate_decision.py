@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
-from harness.gate import CaseResult, decide
+from harness.errors import GuestCommandFailed, describe, summarize
+from harness.gate import CaseResult, Verdict, _promotion_timestamp, decide, verdict_table
+from harness.repo import Commit
 
 
 def r(suite: str, outcome: str, arch: str = "x86_64", message: str = "") -> CaseResult:
@@ -121,3 +124,70 @@ def test_quarantined_does_not_block() -> None:
     decision, reason = decide(results, REQUIRED, ["x86_64"])
     assert decision == "promoted"
     assert "1 quarantined" in reason
+
+
+def test_promotion_is_stamped_with_the_candidate_unless_the_tested_ref_is_newer() -> None:
+    def commit(timestamp: int) -> Commit:
+        return Commit(f"{timestamp:064x}", None, {}, timestamp)
+
+    # The tested ref's head is older: compose order is kept.
+    assert _promotion_timestamp(commit(200), commit(100)) == 200
+    assert _promotion_timestamp(commit(200), None) == 200
+    # The head is newer (an allowed downgrade, a head stamped when it was promoted): the
+    # promotion must still be newer than the head, or machines that follow it refuse it.
+    stamp = _promotion_timestamp(commit(100), commit(2_000_000_000_0))
+    assert stamp == 2_000_000_000_0
+    before = int(time.time())
+    assert _promotion_timestamp(commit(100), commit(200)) >= before
+
+
+def result(nodeid: str, outcome: str, message: str, arch: str = "x86_64") -> CaseResult:
+    return CaseResult(nodeid, arch, outcome, 1.0, message, reproduce=f"pytest {nodeid}")
+
+
+def verdict_with(results: list[CaseResult]) -> Verdict:
+    return Verdict(
+        "rejected", "r", "/repo", "c", "t", "0" * 64, None, ("x86_64",), (), tuple(results)
+    )
+
+
+def test_one_reproduce_line_per_cause_and_none_for_a_quarantined_failure() -> None:
+    panic = "BootFailure: console shows the kernel panicked: [    {}] Kernel panic - not syncing"
+    results = [result(f"t.py::test_{n}", "failed", panic.format(f"2.{n}")) for n in range(8)]
+    results.append(result("t.py::test_q", "quarantined", "failed, quarantined until …"))
+    results.append(result("u.py::test_other", "failed", "GuestCommandFailed: command 'x' exited 1"))
+    text = verdict_table(verdict_with(results))
+    reproduce = [line for line in text.splitlines() if "reproduce:" in line]
+    assert reproduce == [
+        "  reproduce: pytest t.py::test_0   (and 7 more that failed the same way)",
+        "  reproduce: pytest u.py::test_other",
+    ]
+
+
+def test_a_failed_commands_last_output_lines_reach_the_verdict() -> None:
+    exc = GuestCommandFailed(
+        "ostree admin upgrade --override-commit=abc",
+        1,
+        "".join(f"progress {n}\n" for n in range(20))
+        + "error: Upgrade target revision 'abc' with timestamp '…' is chronologically older "
+        "than current revision 'def'; use --allow-downgrade to permit\n",
+        expected="0",
+    )
+    message = describe(exc)
+    first, *rest = message.splitlines()
+    assert first == (
+        "GuestCommandFailed: command 'ostree admin upgrade --override-commit=abc' exited 1, "
+        "expected 0; output:"
+    )
+    assert rest[0] == "[… 15 earlier line(s)]"
+    assert rest[-1].startswith("error: Upgrade target revision 'abc'")
+    assert rest[-1].endswith("use --allow-downgrade to permit")
+    text = verdict_table(verdict_with([result("t.py::test_upgrade", "failed", message)]))
+    assert "           error: Upgrade target revision 'abc'" in text
+    assert "no output" in describe(GuestCommandFailed("false", 1, "", expected="0"))
+
+
+def test_summarize_cuts_long_lines_and_keeps_the_first() -> None:
+    text = "what\n" + "x" * 1000
+    assert summarize(text, width=10) == "what\nxxxxxxxxx…"
+    assert summarize("") == ""

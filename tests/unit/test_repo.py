@@ -112,3 +112,44 @@ def test_scratch_repo_compresses_less_and_still_reads_back(tmp_path: Path) -> No
     assert level.stdout.strip() == str(SCRATCH_ZLIB_LEVEL)
     checksum = commit_tree(scratch, tmp_path, "x/y", "content " * 1000, "1")
     assert scratch.read_file(checksum, "/usr/content") == "content " * 1000
+
+
+def commit_at(repo: Repo, tmp: Path, ref: str, content: str, timestamp: int) -> str:
+    """A commit on ``ref`` composed at ``timestamp`` (as a build server's clock said)."""
+    tree = tmp / f"tree-{content}"
+    (tree / "usr").mkdir(parents=True)
+    (tree / "usr" / "content").write_text(content)
+    out = subprocess.run(
+        [
+            *("ostree", "commit", f"--repo={repo.path}", f"--branch={ref}", f"--tree=dir={tree}"),
+            *("--subject=s", f"--timestamp=@{timestamp}", "--add-metadata-string=version=1"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_a_commit_reads_back_with_the_timestamp_ostree_shows(repo: Repo, tmp_path: Path) -> None:
+    a = commit_at(repo, tmp_path, "x/y", "a", 1_700_000_000)
+    commit = repo.resolve(a)
+    assert commit.timestamp == 1_700_000_000
+    assert commit.date == "2023-11-14 22:13:20 UTC"
+    shown = subprocess.run(
+        ["ostree", "show", f"--repo={repo.path}", a], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Date:  2023-11-14 22:13:20 +0000" in shown
+    assert [c.timestamp for c in repo.history("x/y")] == [1_700_000_000]
+
+
+def test_a_promotion_keeps_the_candidates_timestamp_unless_told(repo: Repo, tmp_path: Path) -> None:
+    """Composed at 10:00 and promoted much later, the promotion commit still says 10:00: a
+    candidate composed at 11:00, while the first was gated, stays newer than it."""
+    first = repo.resolve(commit_at(repo, tmp_path, "x/y", "a", 1_700_000_000))
+    promoted = repo.promote(first, "x/y-tested", subject="ok", metadata={})
+    assert repo.resolve(promoted).timestamp == first.timestamp
+    second = repo.resolve(commit_at(repo, tmp_path, "x/y", "b", 1_700_003_600))
+    assert not second.is_older_than(repo.resolve("x/y-tested"))
+    again = repo.promote(second, "x/y-tested", subject="ok", metadata={}, timestamp=1_800_000_000)
+    assert repo.resolve(again).timestamp == 1_800_000_000
