@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from harness import uimage
-from harness.arch import get_arch
 from harness.guest import Guest
 from harness.repo import Commit
 
@@ -40,32 +38,6 @@ def test_usr_is_read_only_and_state_is_writable(shared_machine: Guest) -> None:
     shared_machine.succeed(
         "touch /etc/treegate-probe /var/treegate-probe && rm /etc/treegate-probe /var/treegate-probe"
     )
-
-
-def test_kernel_is_stored_as_its_bootloader_boots_it_fastest(
-    shared_machine: Guest, arch: str
-) -> None:
-    """The booted kernel is stored in the form the arch profile chose.  On ARMv7 that is the
-    uncompressed U-Boot legacy image compose made of Debian's zImage (``harness.uimage``),
-    entered where the profile says; U-Boot checked both its CRCs before starting it, as at every
-    boot.  Elsewhere it is Debian's file unchanged: the same MD5 as the package's own list."""
-    kernel = "/usr/lib/modules/$(uname -r)/vmlinuz"
-    shipped = shared_machine.succeed(
-        "sed -n 's|  boot/vmlinuz-'\"$(uname -r)\"'$||p' "
-        '/var/lib/dpkg/info/linux-image-"$(uname -r)".md5sums'
-    ).strip()
-    assert len(shipped) == 32, "the kernel package's md5sums list has no boot/vmlinuz entry"
-    stored = shared_machine.succeed(f"md5sum {kernel}").split()[0]
-    load = get_arch(arch).uimage_load
-    if load is None:
-        assert stored == shipped, f"{kernel} is not the file Debian's kernel package ships"
-        return
-    assert stored != shipped
-    head = shared_machine.succeed(f"od -An -v -tx1 -N{uimage.HEADER.size} {kernel} | tr -d ' \\n'")
-    header = uimage.read_header(bytes.fromhex(head), whole=False)
-    assert header is not None, f"{kernel} has no valid U-Boot legacy header"
-    assert (header.entry, header.compression) == (load, uimage.COMP_NONE)
-    assert int(shared_machine.succeed(f"stat -c %s {kernel}")) == uimage.HEADER.size + header.size
 
 
 # ci/nightly, and every gate's smoke suite: ci/test reboots through the bootloader in the
