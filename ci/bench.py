@@ -215,7 +215,7 @@ def host_yardstick() -> list[float]:
     time), three times.
 
     Hosts of the same kind, and one host from hour to hour, ran the same boots up to twice
-    as fast as each other (README, "Speed"): a figure can be compared with one taken at
+    as fast as each other (docs/speed.md): a figure can be compared with one taken at
     another time only beside this one.  Every core, because a guest's vCPUs each need one:
     a neighbour taking one core slows a guest more than a one-core loop shows.
     """
