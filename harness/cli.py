@@ -253,11 +253,11 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     import json
 
-    from harness.gate import run_gate, verdict_table
+    from harness.gate import run_gate
 
     config = gate_config(args)
     verdict = run_gate(config)
-    print(verdict_table(verdict))
+    print(verdict.table())
     if args.json:
         Path(args.json).write_text(json.dumps(verdict.to_json(), indent=1))
     return verdict.exit_code

@@ -26,7 +26,8 @@ from harness.arch import Arch, get_arch
 from harness.compose import compose
 from harness.config import load_config
 from harness.definition import load_definition
-from harness.gate import Verdict, config_for_stream, run_gate, verdict_table
+from harness.gate import config_for_stream, run_gate
+from harness.outcome import Decision, Outcome, Verdict
 from harness.repo import SCRATCH_ZLIB_LEVEL, Repo
 from harness.signing import SigningKey, demo_key
 from harness.state import State
@@ -42,7 +43,7 @@ class Step:
     candidate: str
     tested: str
     rebase: str
-    expected: str
+    expected: Decision
 
     @property
     def stream(self) -> str:
@@ -75,15 +76,15 @@ def steps(arch: str) -> list[Step]:
     minimal = f"treegate/bookworm/{arch}/minimal"
     docker = f"treegate/bookworm/{arch}/docker"
     return [
-        Step("minimal", minimal, f"{minimal}-tested", docker, "promoted"),
-        Step("minimal-v2", minimal, f"{minimal}-tested", docker, "promoted"),
-        Step("docker", docker, f"{docker}-tested", minimal, "promoted"),
+        Step("minimal", minimal, f"{minimal}-tested", docker, Decision.promoted),
+        Step("minimal-v2", minimal, f"{minimal}-tested", docker, Decision.promoted),
+        Step("docker", docker, f"{docker}-tested", minimal, Decision.promoted),
         Step(
             "broken-init",
             f"treegate/bookworm/{arch}/broken-init",
             f"{minimal}-tested",
             docker,
-            "rejected",
+            Decision.rejected,
         ),
     ]
 
@@ -121,13 +122,13 @@ def run_demo(
         verdict = run_gate(
             config_for_stream(config, config.stream(step.stream), signing=key, state_dir=state.root)
         )
-        print(verdict_table(verdict), file=sys.stderr)
+        print(verdict.table(), file=sys.stderr)
         ok = verdict.decision == step.expected
-        if step.expected == "rejected":
+        if step.expected is Decision.rejected:
             after = repo.try_resolve(step.tested)
             untouched = (before.checksum if before else None) == (after.checksum if after else None)
-            only_failed = any(r.outcome == "failed" for r in verdict.results) and not any(
-                r.outcome == "error" for r in verdict.results
+            only_failed = any(r.outcome is Outcome.failed for r in verdict.results) and not any(
+                r.outcome is Outcome.error for r in verdict.results
             )
             ok = ok and untouched and only_failed
         rows.append((step, verdict, ok))

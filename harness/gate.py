@@ -1,16 +1,9 @@
 """The gate: run the required suites on every required arch, decide, and promote only on a clean pass.
 
-Three outcomes are kept apart from pytest all the way to the decision:
-
-* **failed** -- a test showed the tree is bad: the candidate is *rejected* (exit 1);
-* **error** -- the harness or host broke (QEMU died, a timeout of the infrastructure, pytest
-  could not run): the gate ends in *error* (exit 3) and never promotes;
-* **skipped** -- a test did not apply (no baseline yet, no Docker in the tree).  A *required*
-  suite that ends with nothing but skips rejects the candidate: the tree lost what it had.
-
-Only when every required suite passed on every arch is the tested ref moved, by one promotion
-commit per arch that carries the candidate's exact tree and, in its metadata, the candidate
-checksum, arches, suites and outcomes.
+What the outcomes mean and how they decide is :mod:`harness.outcome`.  Only when every
+required suite passed on every arch is the tested ref moved, by one promotion commit per arch
+that carries the candidate's exact tree and, in its metadata, the candidate checksum, arches,
+suites and outcomes.
 
 Refs for several arches: ``--ref`` and ``--promote-to`` may contain ``{arch}``, expanded per
 arch (``treegate/bookworm/{arch}/minimal``); without it the same ref is used for every arch.
@@ -25,14 +18,13 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.arch import get_arch
@@ -40,6 +32,7 @@ from harness.config import Config, Stream
 from harness.errors import UserError
 from harness.external import discover
 from harness.machine.base import Backend
+from harness.outcome import ArchRefs, CaseResult, Decision, Outcome, Verdict, decide
 from harness.quarantine import Entry, apply_quarantine, load_quarantine
 from harness.repo import Commit, Repo
 from harness.signing import SigningKey, check_signed
@@ -48,7 +41,6 @@ from harness.store import ResultRow, Store
 from harness.suites import SUITES, SUITES_DIR, Suite, get_suite
 
 PROJECT_ROOT = SUITES_DIR.parent.parent
-EXIT = {"promoted": 0, "rejected": 1, "error": 3, "interrupted": 130}
 
 
 @dataclass(frozen=True)
@@ -110,153 +102,6 @@ def config_for_stream(
         signing=signing,
         flaky_passes=config.flaky_passes,
         quarantine=load_quarantine(config.quarantine) if config.quarantine else (),
-    )
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    """One test's outcome on one arch, with the command that reproduces it."""
-
-    nodeid: str
-    arch: str
-    outcome: str
-    duration: float
-    message: str = ""
-    reproduce: str = ""
-
-    @property
-    def suite(self) -> str:
-        name = self.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-        return name.removeprefix("test_").removesuffix(".py")
-
-    @property
-    def headline(self) -> str:
-        """The message's first line: what failed (the lines after it say why)."""
-        return self.message.split("\n", 1)[0]
-
-
-@dataclass(frozen=True)
-class ArchRefs:
-    """What one arch of a gate was about: its refs (``{arch}`` expanded) and commits."""
-
-    arch: str
-    candidate_ref: str
-    candidate: str
-    tested_ref: str
-    promotion_commit: str | None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The gate's decision and everything that led to it.
-
-    ``candidate`` and ``promotion_commit`` are the first arch's; ``per_arch`` has every arch's.
-    """
-
-    decision: str
-    reason: str
-    repo: str
-    candidate_ref: str
-    tested_ref: str
-    candidate: str
-    promotion_commit: str | None
-    arches: tuple[str, ...]
-    suites: tuple[str, ...]
-    results: tuple[CaseResult, ...] = field(default=())
-    notes: tuple[str, ...] = field(default=())
-    run_id: int = 0
-    artifacts: str = ""
-    per_arch: tuple[ArchRefs, ...] = field(default=())
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT[self.decision]
-
-    def to_json(self) -> dict[str, object]:
-        """The verdict as ``--json`` writes it."""
-        return {
-            "decision": self.decision,
-            "reason": self.reason,
-            "repo": self.repo,
-            "candidate_ref": self.candidate_ref,
-            "tested_ref": self.tested_ref,
-            "candidate": self.candidate,
-            "promotion_commit": self.promotion_commit,
-            "arches": list(self.arches),
-            "suites": list(self.suites),
-            "notes": list(self.notes),
-            "artifacts": self.artifacts,
-            "per_arch": [asdict(a) for a in self.per_arch],
-            "results": [
-                {
-                    "nodeid": r.nodeid,
-                    "arch": r.arch,
-                    "outcome": r.outcome,
-                    "duration": r.duration,
-                    "message": r.message,
-                    "reproduce": r.reproduce,
-                }
-                for r in self.results
-            ],
-        }
-
-
-def decide(
-    results: Sequence[CaseResult],
-    required: Sequence[str],
-    arches: Sequence[str],
-    flaky_passes: bool = False,
-) -> tuple[str, str]:
-    """The decision (promoted / rejected / error) for ``results``, with its one-line reason.
-
-    A failure anywhere rejects (the tree is proven bad); otherwise an error anywhere, a flaky
-    test (unless ``flaky_passes``), or a required suite with no result on an arch, is an error
-    (nothing is proven); otherwise a required suite that only skipped rejects; otherwise the
-    candidate is promoted.  *quarantined* outcomes never block.
-    """
-    failed = [r for r in results if r.outcome == "failed"]
-    if failed:
-        names = ", ".join(f"{r.nodeid} ({r.arch})" for r in failed[:3])
-        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        return "rejected", f"{len(failed)} test(s) failed: {names}{more}"
-    known = ("passed", "skipped", "failed", "flaky", "quarantined")
-    broken = [r for r in results if r.outcome not in known]
-    if broken:
-        first = broken[0]
-        return (
-            "error",
-            f"{len(broken)} test(s) ended in {first.outcome}: {first.nodeid} ({first.arch}): "
-            f"{first.headline}",
-        )
-    flaky = [r for r in results if r.outcome == "flaky"]
-    if flaky and not flaky_passes:
-        names = ", ".join(f"{r.nodeid} ({r.arch})" for r in flaky[:3])
-        return (
-            "error",
-            f"{len(flaky)} test(s) flaky (error, then passed on a retry): {names}; "
-            "flaky tests do not count as passes (--flaky-passes)",
-        )
-    counts = ("passed", "quarantined", "flaky")
-    for arch in arches:
-        for suite in required:
-            mine = [r for r in results if r.arch == arch and r.suite == suite]
-            if not mine:
-                return "error", f"required suite {suite} produced no results on {arch}"
-            if not any(r.outcome in counts for r in mine):
-                why = mine[0].headline or "skipped"
-                return "rejected", f"required suite {suite} was skipped on {arch}: {why}"
-    if not results:
-        return "error", "no test ran"
-    notes = []
-    if flaky:
-        notes.append(f"{len(flaky)} flaky")
-    quarantined = [r for r in results if r.outcome == "quarantined"]
-    if quarantined:
-        notes.append(f"{len(quarantined)} quarantined")
-    extra = f" ({', '.join(notes)})" if notes else ""
-    return (
-        "promoted",
-        f"{len(results)} test(s) on {', '.join(arches)}: every required suite passed{extra}",
     )
 
 
@@ -376,14 +221,14 @@ def run_gate(config: GateConfig) -> Verdict:
         )
         results: list[CaseResult] = []
         promotions: dict[str, str] = {}
-        decision, reason = "interrupted", "interrupted"
+        decision, reason = Decision.interrupted, "interrupted"
         try:
             unsigned = _unsigned(config, repo, candidates)
             if unsigned:
                 results = unsigned
                 decision, reason = decide(results, [s.name for s in suites], config.arches)
             elif not suites:
-                decision, reason = "error", "no suite applies to this candidate"
+                decision, reason = Decision.error, "no suite applies to this candidate"
             else:
                 deadline = (
                     time.monotonic() + config.timeout_min * 60 if config.timeout_min else None
@@ -398,7 +243,7 @@ def run_gate(config: GateConfig) -> Verdict:
                 decision, reason = decide(
                     results, [s.name for s in suites], config.arches, config.flaky_passes
                 )
-            if decision == "promoted":
+            if decision is Decision.promoted:
                 promotions = _promote(
                     repo, config, candidates, baselines, tested_refs, suites, results
                 )
@@ -492,7 +337,7 @@ def _unsigned(config: GateConfig, repo: Repo, candidates: dict[str, Commit]) -> 
                     CaseResult(
                         nodeid=f"signature of the {what}",
                         arch=arch,
-                        outcome="failed",
+                        outcome=Outcome.failed,
                         duration=0.0,
                         message=f"{why}: refused",
                     )
@@ -550,20 +395,20 @@ def _retry_errors(
 ) -> list[CaseResult]:
     """Run each test that ended in error once more, on fresh machines: one that passes then
     is *flaky*; otherwise the second outcome stands (a failure then rejects)."""
-    errored = [r.nodeid for r in first if r.outcome == "error" and "::" in r.nodeid]
+    errored = [r.nodeid for r in first if r.outcome is Outcome.error and "::" in r.nodeid]
     if not errored:
         return first
     retried = {r.nodeid: r for r in _run_suites(run, run_dir, deadline, errored)}
     out = []
     for r in first:
-        again = retried.get(r.nodeid) if r.outcome == "error" else None
+        again = retried.get(r.nodeid) if r.outcome is Outcome.error else None
         if again is None:
             out.append(r)
-        elif again.outcome == "passed":
+        elif again.outcome is Outcome.passed:
             out.append(
                 dataclasses.replace(
                     r,
-                    outcome="flaky",
+                    outcome=Outcome.flaky,
                     duration=r.duration + again.duration,
                     message=f"error, then passed on a fresh machine (first: {r.headline})",
                     reproduce="",
@@ -642,7 +487,7 @@ def _run_suites(
             CaseResult(
                 nodeid=f"pytest ({', '.join(s.name for s in suites)})",
                 arch=arch,
-                outcome="error",
+                outcome=Outcome.error,
                 duration=0.0,
                 message=f"the gate's timeout of {config.timeout_min:g} min expired; "
                 "its machines were stopped",
@@ -655,7 +500,7 @@ def _run_suites(
             CaseResult(
                 nodeid=f"pytest ({', '.join(s.name for s in suites)})",
                 arch=arch,
-                outcome="error",
+                outcome=Outcome.error,
                 duration=0.0,
                 message=f"pytest exited {code} without results",
             )
@@ -667,7 +512,7 @@ def _run_suites(
             CaseResult(
                 nodeid="pytest",
                 arch=arch,
-                outcome="error",
+                outcome=Outcome.error,
                 duration=0.0,
                 message=f"pytest exited {code}",
             )
@@ -720,62 +565,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def verdict_table(verdict: Verdict) -> str:
-    """The verdict as the lines ``treegate gate`` prints."""
-    if len(verdict.per_arch) > 1:
-        lines = [f"{verdict.decision.upper()}:"]
-        lines += [
-            f"  {a.arch:7} {a.candidate_ref} {a.candidate[:12]} → {a.tested_ref}"
-            for a in verdict.per_arch
-        ]
-    elif verdict.per_arch:
-        a = verdict.per_arch[0]  # its refs with {arch} expanded
-        lines = [
-            f"{verdict.decision.upper()}: {a.candidate_ref} {a.candidate[:12]} → {a.tested_ref}"
-        ]
-    else:
-        lines = [
-            f"{verdict.decision.upper()}: {verdict.candidate_ref} {verdict.candidate[:12]} → "
-            f"{verdict.tested_ref}"
-        ]
-    lines.append(f"  {verdict.reason}")
-    lines += [f"  note: {n}" for n in verdict.notes]
-    for r in verdict.results:
-        lines.append(f"  {r.outcome:8} {r.duration:6.1f}s  {r.arch:7} {r.nodeid}")
-        if r.outcome in BLOCKING_OUTCOMES and r.message:
-            lines += [f"           {line}" for line in r.message.splitlines()]
-    lines += _reproduce_lines(verdict.results)
-    for a in verdict.per_arch or ():
-        if a.promotion_commit:
-            lines.append(f"  promotion commit ({a.arch}): {a.promotion_commit}")
-    lines.append(f"  logs: {verdict.artifacts}")
-    lines.append(
-        f"  report: treegate report --results {verdict.artifacts}/allure-results --out REPORT_DIR"
-    )
-    return "\n".join(lines)
-
-
-BLOCKING_OUTCOMES = ("failed", "error")
-"""The outcomes that decide a verdict against the candidate (a quarantined failure does
-not)."""
-
-
-def _reproduce_lines(results: Sequence[CaseResult]) -> list[str]:
-    """One ``reproduce:`` line per distinct cause among the blocking results: tests that
-    failed the same way on one arch (eight tests after one kernel panic) share one line."""
-    causes: dict[tuple[str, str], list[CaseResult]] = {}
-    for r in results:
-        if r.outcome in BLOCKING_OUTCOMES and r.reproduce:
-            # A kernel's timestamp differs from boot to boot; the cause does not.
-            cause = re.sub(r"\[\s*\d+\.\d+\]", "", r.headline)
-            causes.setdefault((r.arch, cause), []).append(r)
-    lines = []
-    for same in causes.values():
-        more = f"   (and {len(same) - 1} more that failed the same way)" if len(same) > 1 else ""
-        lines.append(f"  reproduce: {same[0].reproduce}{more}")
-    return lines
 
 
 def _checksum(commit: Commit | None) -> str | None:

@@ -65,6 +65,7 @@ from harness.image import Image
 from harness.installed import DEFAULT_TIMEOUT_S as DEFAULT_INSTALLED_TIMEOUT
 from harness.installed import list_in_commit, select
 from harness.machine.base import BACKENDS, Backend
+from harness.outcome import Outcome
 from harness.repo import SCRATCH_ZLIB_LEVEL, Commit, Repo, serve
 from harness.signing import SigningKey, load_key
 from harness.state import State
@@ -974,7 +975,7 @@ class _Outcome:
     """One test's treegate outcome, folded from its setup, call and teardown reports."""
 
     arch: str | None
-    outcome: str = "not run"
+    outcome: Outcome = Outcome.not_run
     duration: float = 0.0
     message: str = ""
 
@@ -1015,25 +1016,25 @@ class ResultsWriter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         result = self._get(report.nodeid)
         result.duration += report.duration
-        if result.outcome in ("skipped", "failed", "error"):
+        if result.outcome in (Outcome.skipped, Outcome.failed, Outcome.error):
             return  # the first thing that went wrong is the outcome
         if report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-            result.outcome, result.message = "skipped", str(reason)
+            result.outcome, result.message = Outcome.skipped, str(reason)
         elif report.failed:
-            result.outcome = "failed" if report.when == "call" else "error"
+            result.outcome = Outcome.failed if report.when == "call" else Outcome.error
             messages = [v for k, v in report.user_properties if k == "treegate_message"]
             fallback = str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
             result.message = str(messages[0]) if messages else fallback
         elif report.when == "call":
-            result.outcome = "passed"
+            result.outcome = Outcome.passed
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         results = [
             {
                 "nodeid": nodeid,
                 "arch": r.arch,
-                "outcome": r.outcome,
+                "outcome": str(r.outcome),
                 "duration": round(r.duration, 3),
                 "message": r.message,
             }

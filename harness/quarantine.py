@@ -22,14 +22,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.errors import UserError
-
-if TYPE_CHECKING:
-    from harness.gate import CaseResult
-
-BLOCKING = ("failed", "error", "flaky")
+from harness.outcome import CaseResult, Outcome
 
 
 @dataclass(frozen=True)
@@ -93,10 +88,10 @@ def apply_quarantine(
     out = []
     for r in results:
         entry = next((e for e in entries if e.matches(r.nodeid, r.arch) and e.active(today)), None)
-        if entry is not None and r.outcome in BLOCKING:
+        if entry is not None and r.outcome.quarantinable:
             r = dataclasses.replace(
                 r,
-                outcome="quarantined",
+                outcome=Outcome.quarantined,
                 message=f"{r.outcome}, quarantined until {entry.expires}: {entry.reason}"
                 + (f" ({r.message})" if r.message else ""),
             )

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import Config, Stream
-from harness.gate import Verdict, config_for_stream, expand, run_gate, verdict_table
+from harness.gate import config_for_stream, expand, run_gate
+from harness.outcome import Verdict
 from harness.repo import Repo
 from harness.signing import SigningKey
 from harness.state import State
@@ -60,7 +61,7 @@ def watch(wc: WatchConfig, say: Callable[[str], None] = print) -> int:
                 say(f"{stream.name}: gate interrupted; watch stopped")
                 return 130
             _record(repo, store, stream, verdict)
-            say(verdict_table(verdict))
+            say(verdict.table())
         if wc.once:
             return 0
         try:

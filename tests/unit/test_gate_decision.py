@@ -8,7 +8,8 @@ import time
 import pytest
 
 from harness.errors import GuestCommandFailed, describe, summarize
-from harness.gate import CaseResult, Verdict, _promotion_timestamp, decide, verdict_table
+from harness.gate import _promotion_timestamp
+from harness.outcome import CaseResult, Decision, Outcome, Verdict, decide
 from harness.repo import Commit
 
 
@@ -156,7 +157,7 @@ def test_one_reproduce_line_per_cause_and_none_for_a_quarantined_failure() -> No
     results = [result(f"t.py::test_{n}", "failed", panic.format(f"2.{n}")) for n in range(8)]
     results.append(result("t.py::test_q", "quarantined", "failed, quarantined until …"))
     results.append(result("u.py::test_other", "failed", "GuestCommandFailed: command 'x' exited 1"))
-    text = verdict_table(verdict_with(results))
+    text = verdict_with(results).table()
     reproduce = [line for line in text.splitlines() if "reproduce:" in line]
     assert reproduce == [
         "  reproduce: pytest t.py::test_0   (and 7 more that failed the same way)",
@@ -182,7 +183,7 @@ def test_a_failed_commands_last_output_lines_reach_the_verdict() -> None:
     assert rest[0] == "[… 15 earlier line(s)]"
     assert rest[-1].startswith("error: Upgrade target revision 'abc'")
     assert rest[-1].endswith("use --allow-downgrade to permit")
-    text = verdict_table(verdict_with([result("t.py::test_upgrade", "failed", message)]))
+    text = verdict_with([result("t.py::test_upgrade", "failed", message)]).table()
     assert "           error: Upgrade target revision 'abc'" in text
     assert "no output" in describe(GuestCommandFailed("false", 1, "", expected="0"))
 
@@ -191,3 +192,17 @@ def test_summarize_cuts_long_lines_and_keeps_the_first() -> None:
     text = "what\n" + "x" * 1000
     assert summarize(text, width=10) == "what\nxxxxxxxxx…"
     assert summarize("") == ""
+
+
+def test_outcomes_and_decisions_carry_their_behaviour() -> None:
+    assert [d.exit_code for d in Decision] == [0, 1, 3, 130]
+    assert [o for o in Outcome if o.decides_against] == [Outcome.failed, Outcome.error]
+    assert [o for o in Outcome if o.quarantinable] == [Outcome.failed, Outcome.error, Outcome.flaky]
+    assert not Outcome.flaky.counts_as_pass(flaky_passes=False)
+    assert Outcome.flaky.counts_as_pass(flaky_passes=True)
+    # Read back from a results file or the store, an outcome is text: it becomes an Outcome.
+    read = CaseResult("t.py::test_x", "x86_64", "not run", 0.0)  # type: ignore[arg-type]
+    assert read.outcome is Outcome.not_run
+    assert decide([read], ["t"], ["x86_64"])[0] is Decision.error
+    with pytest.raises(ValueError):
+        CaseResult("t.py::test_x", "x86_64", "broken", 0.0)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.gate import CaseResult, decide
+from harness.outcome import CaseResult, decide
 from harness.quarantine import apply_quarantine, load_quarantine
 
 NODE = "tests/system/test_docker.py::test_docker_runs_a_container_offline[armv7]"
