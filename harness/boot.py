@@ -32,10 +32,8 @@ from harness.guest import Guest
 from harness.image import Image, build_image
 from harness.keys import ensure_client_key
 from harness.layout import Layout, load_layout
-from harness.machine.base import VM, Backend, MachineConfig
-from harness.machine.libvirt import LibvirtVM
-from harness.machine.libvirt import check as check_libvirt
-from harness.machine.qemu import QemuVM, reap_stale
+from harness.machine import backends
+from harness.machine.base import VM, Backend, Disk, MachineConfig
 from harness.repo import Repo
 from harness.signing import SigningKey
 from harness.state import State
@@ -84,8 +82,8 @@ class Target:
         """Resolve names into a target; every bad name is a one-line error."""
         repo.check()
         a = get_arch(arch)
-        if backend is not None and backend.kind == "libvirt":
-            check_libvirt(backend.uri)
+        if backend is not None:
+            backends.check(backend)
         lay = load_layout(layout or a.layout, images_dir or PROJECT_ROOT / "images")
         return cls(
             state=state,
@@ -177,18 +175,11 @@ def _vm(
 ) -> VM:
     """The backend's machine on a new overlay of ``image``, or of the state saved at ``saved``
     (started from that state instead of booting)."""
-    base, fmt = (saved / "disk.qcow2", "qcow2") if saved is not None else (image.path, "raw")
-    incoming = saved / "state" if saved is not None else None
-    if target.backend.kind == "libvirt":
-        return LibvirtVM(
-            base,
-            config,
-            backend=target.backend,
-            image_key=image.key,
-            base_format=fmt,
-            incoming=saved,
-        )
-    return QemuVM(base, config, base_format=fmt, incoming=incoming)
+    if saved is not None:
+        disk = Disk(saved / "disk.qcow2", image.key, base_format="qcow2", saved=saved)
+    else:
+        disk = Disk(image.path, image.key)
+    return backends.create(target.backend, disk, config)
 
 
 def snapshot_for(
@@ -386,7 +377,7 @@ def booted(
     machine is destroyed when the block ends, whatever ends it; with ``console_to``, its serial
     console log is kept there first (also when the boot failed).
     """
-    reap_stale(machines_dir(target.state))
+    backends.reap_stale(machines_dir(target.state))
     accel, why = accel_for(target, image)
     log.info(f"accelerator: {why}")
     if restore and state is None and not target.backend.can_save:

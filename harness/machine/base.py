@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +71,18 @@ class MachineConfig:
     repo_port: int | None = None
     """Host port of the harness's repo server on 127.0.0.1; the guest reaches it through a
     guest forward at :data:`harness.image.GUEST_REPO_URL` and has no other route out."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """What a new machine starts from: a base image (booted through firmware), or the disk
+    of a saved state with the state beside it in the directory ``saved`` (restored)."""
+
+    base_image: Path
+    image_key: str
+    """The image's cache key (names it on a remote libvirt host)."""
+    base_format: str = "raw"
+    saved: Path | None = None
 
 
 class VM(Protocol):
@@ -178,3 +191,10 @@ def write_machine_record(vm: VM, pid: int, stop: str, **extra: str) -> None:
             }
         )
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -50,14 +50,15 @@ from harness.machine import pool
 from harness.machine.base import (
     LOOPBACK_HOSTS,
     Backend,
+    Disk,
     MachineConfig,
     check_firmware,
+    free_port,
     make_overlay,
     u_boot_drive,
     u_boot_environment,
     write_machine_record,
 )
-from harness.machine.qemu import free_port
 from harness.machine.screen import ppm_to_png
 from harness.machine.tunnel import Tunnel
 
@@ -122,13 +123,25 @@ def connect(uri: str) -> libvirt.virConnect:
         raise UserError(f"cannot connect to libvirt at {uri}: {msg}") from None
 
 
-def check(uri: str) -> None:
-    """Fail now, with one line, if the daemon at ``uri`` cannot be used (before any work)."""
-    connect(uri).close()
-
-
 class LibvirtVM:
     """A VM run as a transient domain of a libvirt daemon."""
+
+    @staticmethod
+    def check(backend: Backend) -> None:
+        """Fail now, with one line, if the daemon at the backend's URI cannot be used."""
+        connect(backend.uri).close()
+
+    @classmethod
+    def create(cls, backend: Backend, disk: Disk, config: MachineConfig) -> LibvirtVM:
+        """See :func:`harness.machine.backends.create`."""
+        return cls(
+            disk.base_image,
+            config,
+            backend=backend,
+            image_key=disk.image_key,
+            base_format=disk.base_format,
+            incoming=disk.saved,
+        )
 
     def __init__(
         self,

@@ -31,8 +31,11 @@ from harness.accel import Accel
 from harness.errors import InfraError, UserError
 from harness.image import GUEST_REPO_ADDR, GUEST_REPO_PORT
 from harness.machine.base import (
+    Backend,
+    Disk,
     MachineConfig,
     check_firmware,
+    free_port,
     make_overlay,
     u_boot_drive,
     u_boot_environment,
@@ -62,15 +65,18 @@ def _child_setup(qmp_fd: int, die_with_parent: bool) -> Callable[[], None]:
     return setup
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class QemuVM:
     """A VM run by a QEMU process on this host."""
+
+    @staticmethod
+    def check(backend: Backend) -> None:
+        """Nothing to check before work: QEMU's binary and firmware are checked per arch."""
+
+    @classmethod
+    def create(cls, backend: Backend, disk: Disk, config: MachineConfig) -> QemuVM:
+        """See :func:`harness.machine.backends.create`."""
+        incoming = disk.saved / "state" if disk.saved is not None else None
+        return cls(disk.base_image, config, base_format=disk.base_format, incoming=incoming)
 
     def __init__(
         self,
@@ -376,41 +382,3 @@ class QemuVM:
                     self._proc.wait()
             self._proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def reap_stale(machines_dir: Path) -> list[str]:
-    """Remove work directories of machines whose owning harness process is gone.
-
-    Returns the names removed.  QEMU itself died with its owner (PDEATHSIG); this cleans up
-    the files a killed harness could not, and destroys libvirt domains it left.
-    """
-    removed = []
-    for meta in machines_dir.glob("*/machine.json"):
-        try:
-            data = json.loads(meta.read_text())
-            owner = int(data["owner"])
-        except (OSError, ValueError, KeyError):
-            continue
-        pid = int(data.get("pid", 0))
-        if data.get("kept") and pid and _alive(pid):
-            continue  # left running on purpose (--keep-vm)
-        if not _alive(owner) or (data.get("kept") and not _alive(pid)):
-            if data.get("domain"):
-                from harness.machine.libvirt import destroy_leftover
-
-                destroy_leftover(str(data["libvirt_uri"]), str(data["domain"]))
-            elif pid and _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(meta.parent, ignore_errors=True)
-            removed.append(str(data.get("name")))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.boot import machines_dir
-from harness.machine.qemu import reap_stale
+from harness.machine.backends import reap_stale
 from harness.pytest_plugin import Harness
 from harness.repo import Commit
 

@@ -26,10 +26,10 @@ import pytest
 
 from harness.boot import Target, booted, image_for, machines_dir
 from harness.errors import UserError
+from harness.machine.backends import reap_stale
 from harness.machine.base import Backend
 from harness.machine.libvirt import connect
 from harness.machine.pool import POOL, POOL_PATH
-from harness.machine.qemu import reap_stale
 from harness.pytest_plugin import Harness
 from harness.repo import Commit
 
