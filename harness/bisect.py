@@ -11,9 +11,6 @@ error, a skip) stops the search with that outcome: a bisect must not guess.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +20,7 @@ from pathlib import Path
 from harness import log
 from harness.errors import InfraError, UserError
 from harness.repo import Commit, Repo
+from harness.runspec import RunSpec, run_pytest
 from harness.state import State
 from harness.treediff import tree_diff
 
@@ -100,27 +98,26 @@ def pytest_runner(
     repo: Repo, test: str, arch: str, state: State, extra: list[str]
 ) -> Callable[[Commit], Probe]:
     """Runs ``test`` on a commit through pytest, as the gate does; returns its outcome."""
-    from harness.gate import run_pytest
 
     def run_test(commit: Commit) -> Probe:
+        spec = RunSpec(repo=repo.path, arch=arch, commit=commit.checksum)
+        options = [*spec.options(), "--state-dir", str(state.root), "-q", *extra]
         with tempfile.TemporaryDirectory(dir=state.tmp) as tmp:
-            results = Path(tmp) / "results.json"
-            argv = [sys.executable, "-m", "pytest", test, "--repo", str(repo.path)]
-            argv += ["--commit", commit.checksum, "--arch", arch, "--state-dir", str(state.root)]
-            argv += ["--treegate-results", str(results), "-p", "no:cacheprovider", "-q", *extra]
             start = time.monotonic()
-            env = {**os.environ, "TREEGATE_RUN_ID": f"bisect-{time.strftime('%Y%m%d-%H%M%S')}"}
             with log.nested(f"testing {commit.short} ({commit.version or 'no version'})"):
-                run_pytest(argv, env)
+                _, rows = run_pytest(
+                    [test],
+                    options,
+                    run_id=f"bisect-{time.strftime('%Y%m%d-%H%M%S')}",
+                    results=Path(tmp) / "results.json",
+                )
             seconds = time.monotonic() - start
-            try:
-                rows = json.loads(results.read_text())
-            except (OSError, ValueError):
-                return Probe(commit.checksum, "error", seconds, "pytest wrote no results")
+        if rows is None:
+            return Probe(commit.checksum, "error", seconds, "pytest wrote no results")
         if not rows:
             raise UserError(f"{test} selects no test", hint="pass a node id of tests/system")
         if len(rows) > 1:
             raise UserError(f"{test} selects {len(rows)} tests", hint="pass a single node id")
-        return Probe(commit.checksum, rows[0]["outcome"], seconds, rows[0]["message"])
+        return Probe(commit.checksum, str(rows[0]["outcome"]), seconds, str(rows[0]["message"]))
 
     return run_test

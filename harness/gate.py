@@ -18,9 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -35,12 +32,11 @@ from harness.machine.base import Backend
 from harness.outcome import ArchRefs, CaseResult, Decision, Outcome, Verdict, decide
 from harness.quarantine import Entry, apply_quarantine, load_quarantine
 from harness.repo import Commit, Repo
+from harness.runspec import TIMED_OUT, RunSpec, run_pytest
 from harness.signing import SigningKey, check_signed
 from harness.state import State
 from harness.store import ResultRow, Store
-from harness.suites import SUITES, SUITES_DIR, Suite, get_suite
-
-PROJECT_ROOT = SUITES_DIR.parent.parent
+from harness.suites import PROJECT_ROOT, SUITES, Suite, get_suite
 
 
 @dataclass(frozen=True)
@@ -425,146 +421,62 @@ def _run_suites(
     run: _ArchRun, run_dir: Path, deadline: float | None = None, tests: Sequence[str] = ()
 ) -> list[CaseResult]:
     """Run the suites (or only the node ids ``tests``) in a pytest subprocess for one arch."""
-    config, state, repo, arch = run.config, run.state, run.repo, run.arch
-    candidate, baseline, suites = run.candidate, run.baseline, run.suites
+    config, arch, suites = run.config, run.arch, run.suites
+    spec = RunSpec(
+        repo=run.repo.path,
+        arch=arch,
+        commit=run.candidate.checksum,
+        origin_ref=expand(config.candidate_ref, arch),
+        baseline=_checksum(run.baseline),
+        rebase_ref=expand(config.rebase_ref, arch) if config.rebase_ref is not None else None,
+        layout=config.layout,
+        accel=config.accel,
+        backend=config.backend,
+        external_tests=config.external_tests,
+        installed_prefixes=config.installed_prefixes,
+        signing=config.signing,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    results_file = run_dir / "results.json"
-    target_args = [
-        "--repo",
-        str(repo.path),
-        "--commit",
-        candidate.checksum,
-        "--origin-ref",
-        expand(config.candidate_ref, arch),
-        "--arch",
-        arch,
-    ]
-    if baseline is not None:
-        target_args += ["--baseline", baseline.checksum]
-    if config.rebase_ref is not None:
-        target_args += ["--rebase-ref", expand(config.rebase_ref, arch)]
-    if config.layout:
-        target_args += ["--layout", config.layout]
-    if config.accel:
-        target_args += ["--accel", config.accel]
-    if config.backend.kind != "qemu":
-        target_args += ["--backend", config.backend.kind, "--libvirt-uri", config.backend.uri]
-    if config.external_tests is not None:
-        target_args += ["--external-tests", str(config.external_tests.resolve())]
-    for prefix in config.installed_prefixes:
-        target_args += ["--installed-prefix", prefix]
-    if config.signing is not None:
-        target_args += [
-            "--gpg-homedir",
-            str(config.signing.homedir),
-            "--gpg-key",
-            config.signing.fingerprint,
-        ]
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        *(tests or [str(s.path.relative_to(PROJECT_ROOT)) for s in suites]),
-        *target_args,
-        "--state-dir",
-        str(state.root),
-        "--treegate-results",
-        str(results_file),
+    options = [*spec.options(), "--state-dir", str(run.state.root)]
+    options += [
         f"--junitxml={run_dir / 'junit.xml'}",
         # Every arch's results in one allure directory: one report for the whole gate.
         f"--alluredir={run_dir.parent / 'allure-results'}",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-rfE",
+        *("-q", "-rfE"),
     ]
     if config.workers > 1:
-        argv += ["-n", str(config.workers), "--dist", "loadfile"]
-    env = {**os.environ, "TREEGATE_RUN_ID": str(run_dir.relative_to(state.runs))}
-    code = run_pytest(argv, env, deadline)
+        options += ["-n", str(config.workers), "--dist", "loadfile"]
+    code, rows = run_pytest(
+        list(tests) or [str(s.path.relative_to(PROJECT_ROOT)) for s in suites],
+        options,
+        run_id=str(run_dir.relative_to(run.state.runs)),
+        results=run_dir / "results.json",
+        deadline=deadline,
+    )
+    what = f"pytest ({', '.join(s.name for s in suites)})"
     if code == TIMED_OUT:
-        return [
-            CaseResult(
-                nodeid=f"pytest ({', '.join(s.name for s in suites)})",
-                arch=arch,
-                outcome=Outcome.error,
-                duration=0.0,
-                message=f"the gate's timeout of {config.timeout_min:g} min expired; "
-                "its machines were stopped",
-            )
-        ]
-    try:
-        raw = json.loads(results_file.read_text())
-    except (OSError, ValueError):
-        return [
-            CaseResult(
-                nodeid=f"pytest ({', '.join(s.name for s in suites)})",
-                arch=arch,
-                outcome=Outcome.error,
-                duration=0.0,
-                message=f"pytest exited {code} without results",
-            )
-        ]
+        why = f"the gate's timeout of {config.timeout_min:g} min expired; its machines were stopped"
+        return [CaseResult(what, arch, Outcome.error, 0.0, why)]
+    if rows is None:
+        return [CaseResult(what, arch, Outcome.error, 0.0, f"pytest exited {code} without results")]
     out = []
     if code not in (0, 1):
         # Interrupted, internal error or usage error: whatever results exist prove nothing.
+        out.append(CaseResult("pytest", arch, Outcome.error, 0.0, f"pytest exited {code}"))
+    for r in rows:
+        outcome = Outcome(str(r["outcome"]))
+        nodeid = str(r["nodeid"])
         out.append(
             CaseResult(
-                nodeid="pytest",
+                nodeid=nodeid,
                 arch=arch,
-                outcome=Outcome.error,
-                duration=0.0,
-                message=f"pytest exited {code}",
-            )
-        )
-    for r in raw:
-        reproduce = ""
-        if r["outcome"] in ("failed", "error"):
-            reproduce = shlex.join(["pytest", r["nodeid"], *target_args])
-        out.append(
-            CaseResult(
-                nodeid=r["nodeid"],
-                arch=arch,
-                outcome=r["outcome"],
-                duration=r["duration"],
-                message=r["message"],
-                reproduce=reproduce,
+                outcome=outcome,
+                duration=float(str(r["duration"])),
+                message=str(r["message"]),
+                reproduce=spec.reproduce(nodeid) if outcome.decides_against else "",
             )
         )
     return out
-
-
-TIMED_OUT = -1
-"""What :func:`run_pytest` returns when the deadline passed."""
-
-
-def run_pytest(argv: list[str], env: dict[str, str], deadline: float | None = None) -> int:
-    """Run pytest in its own process group; on Ctrl-C or SIGTERM, or at ``deadline``
-    (monotonic seconds: then :data:`TIMED_OUT` is returned), stop it and its VMs cleanly."""
-    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True)
-    try:
-        if deadline is None:
-            return proc.wait()
-        try:
-            return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            return TIMED_OUT
-    except BaseException:
-        _stop(proc)
-        raise
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    # pytest turns SIGINT into KeyboardInterrupt: fixtures destroy their machines.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _checksum(commit: Commit | None) -> str | None:

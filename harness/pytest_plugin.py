@@ -67,6 +67,7 @@ from harness.installed import list_in_commit, select
 from harness.machine.base import BACKENDS, Backend
 from harness.outcome import Outcome
 from harness.repo import SCRATCH_ZLIB_LEVEL, Commit, Repo, serve
+from harness.runspec import RunSpec
 from harness.signing import SigningKey, load_key
 from harness.state import State
 from harness.suites import FEATURES, has_feature
@@ -415,6 +416,25 @@ class Harness:
             pytest.skip("no baseline: the first commit of a stream has nothing to upgrade from")
         return self.fixture_commit(
             FEATURES[feature].fixture_baseline if feature else DEFAULT_BASELINE, arch
+        )
+
+    def spec(self, config: pytest.Config, arch: str, commit: str) -> RunSpec:
+        """What this session runs on ``arch`` for the candidate ``commit``, as the gate would
+        hand it over (only when the session was given ``--repo``)."""
+        external = config.getoption("tg_external")
+        return RunSpec(
+            repo=self.repo.path,
+            arch=arch,
+            commit=commit,
+            origin_ref=self.options.origin_ref,
+            baseline=self.options.baseline,
+            rebase_ref=self.options.rebase_ref,
+            layout=self.options.layout,
+            accel=self.options.accel,
+            backend=self.options.backend,
+            external_tests=Path(external) if external else None,
+            installed_prefixes=tuple(config.getoption("tg_installed_prefix") or ()),
+            signing=self.signing,
         )
 
     def artifacts(self, nodeid: str) -> Path:
@@ -941,17 +961,18 @@ def _failure_summary(item: pytest.Item, exc: BaseException) -> str:
         why = []  # the console's last lines follow below, whole
     lines = [f"{item.name} failed on {arch}: {what}", *(f"  {line}" for line in why)]
     nodeid = item.nodeid if not item.nodeid.startswith("::") else f"{item.path}::{item.name}"
-    argv = ["pytest", nodeid, "--arch", arch]
     guest = next((funcargs[f] for f in _MACHINE_FIXTURES if f in funcargs), None)
     commit = candidate.checksum if isinstance(candidate, Commit) else ""
     if not commit and isinstance(guest, Guest):
         commit = guest.image_commit
     if commit:
         lines.append(f"commit: {commit}")
-        argv += ["--commit", commit]
-    if isinstance(harness, Harness) and harness.options.repo:
-        argv += ["--repo", str(harness.repo.path)]
-    lines.append(f"reproduce: {shlex.join(argv)}")
+    if isinstance(harness, Harness) and harness.options.repo and commit:
+        reproduce = harness.spec(item.config, arch, commit).reproduce(nodeid)
+    else:
+        # The session composed the fixture trees: the same command composes them again.
+        reproduce = shlex.join(["pytest", nodeid, "--arch", arch])
+    lines.append(f"reproduce: {reproduce}")
     tail = getattr(exc, "console_tail", "")
     if not tail and isinstance(guest, Guest):
         with contextlib.suppress(OSError):
