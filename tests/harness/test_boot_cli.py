@@ -15,7 +15,7 @@ import pytest
 
 from harness.boot import machines_dir
 from harness.machine.backends import reap_stale
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

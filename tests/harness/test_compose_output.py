@@ -16,7 +16,7 @@ import pytest
 
 from harness import uimage
 from harness.arch import get_arch
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 

@@ -7,7 +7,7 @@ import pytest
 from harness.errors import BootFailure
 from harness.guest import Guest
 from harness.image import BOOT_LABEL
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 

@@ -25,7 +25,7 @@ from harness.errors import GuestTimeout, HostOverloaded, InfraError, MachineDied
 from harness.guest import Guest
 from harness.hostload import STARVED_PERCENT, cpu_pressure
 from harness.machine.qemu import GUEST_REPO_ADDR, GUEST_REPO_PORT
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

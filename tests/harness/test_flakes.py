@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.gate import gate_lock
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Repo
 
 pytestmark = pytest.mark.vm

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.boot import PROJECT_ROOT
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 

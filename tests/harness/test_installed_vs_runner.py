@@ -17,7 +17,7 @@ import pytest
 
 from harness.guest import Guest
 from harness.installed import list_in_commit, parse_runner_tap, run_installed, select
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = [pytest.mark.vm, pytest.mark.needs("installed-tests"), pytest.mark.nightly]

@@ -30,7 +30,7 @@ from harness.machine.backends import reap_stale
 from harness.machine.base import Backend
 from harness.machine.libvirt import connect
 from harness.machine.pool import POOL, POOL_PATH
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 
 from harness.errors import GuestTimeout, TreeFailure
 from harness.guest import Guest
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 

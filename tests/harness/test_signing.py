@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.boot import Target, booted, image_for
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit, Repo
 from harness.signing import SigningKey, check_signed, create_key
 

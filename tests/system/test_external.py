@@ -11,7 +11,7 @@ import pytest
 
 from harness.external import ExternalTest, run_external
 from harness.guest import Guest
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = pytest.mark.vm
 

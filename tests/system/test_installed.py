@@ -24,7 +24,7 @@ import pytest
 from harness.errors import TreeFailure
 from harness.guest import Guest
 from harness.installed import InstalledTest, describe_failure, list_in_commit, run_installed
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 
 pytestmark = [pytest.mark.vm, pytest.mark.needs("installed-tests")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.guest import Guest
-from harness.pytest_plugin import Harness
+from harness.plugin.session import Harness
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

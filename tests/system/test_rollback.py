@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from harness.guest import Guest
-from harness.pytest_plugin import upgrade_past_timestamps
+from harness.plugin.fixtures import upgrade_past_timestamps
 from harness.repo import Commit
 
 pytestmark = pytest.mark.vm

@@ -93,7 +93,7 @@ def test_suite_is_read_from_the_module_name() -> None:
 
 
 def test_auto_workers_respect_cores_vcpus_and_memory() -> None:
-    from harness.pytest_plugin import MACHINE_FOOTPRINT_MIB, auto_workers
+    from harness.plugin.collection import MACHINE_FOOTPRINT_MIB, auto_workers
 
     assert auto_workers(2, 24 * 1024, 2) == 1  # this machine: one 2-vCPU guest fills it
     assert auto_workers(8, 24 * 1024, 2) == 4  # the cores decide
