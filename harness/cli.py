@@ -164,6 +164,27 @@ def _target(args: argparse.Namespace, arch: str | None = None) -> Target:
     )
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harness.arch import get_arch
+    from harness.boot import PROJECT_ROOT
+    from harness.contract import check_tree
+    from harness.layout import load_layout
+    from harness.repo import Repo
+
+    repo = Repo(args.repo)
+    commit = repo.resolve(args.commit)
+    arch = get_arch(args.arch)
+    layout = load_layout(args.layout or arch.layout, PROJECT_ROOT / "images")
+    found = check_tree(repo, commit, arch, layout)
+    for requirement in found:
+        print(requirement.line())
+    if all(r.met for r in found):
+        print(f"{commit.short} can be gated on {arch.name} ({layout.name})")
+        return 0
+    print(f"{commit.short} cannot be gated on {arch.name}: the gate would reject it before booting")
+    return 1
+
+
 def _cmd_image(args: argparse.Namespace) -> int:
     from harness.boot import image_for
     from harness.run import run
@@ -441,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_signing(p, "signs the commit (a detached signature; cached composes too)")
     _add_common(p)
     p.set_defaults(func=_cmd_compose)
+
+    p = sub.add_parser(
+        "check",
+        help="check, without booting, that a commit holds what treegate needs to boot and reach it",
+        description="Prints each requirement of the tree contract (docs/trees.md), met or not, "
+        "with the change that meets it.  Exit status: 0 every requirement met, 1 the tree cannot "
+        "be gated, 2 bad input.",
+    )
+    _add_target(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
         "image", help="build (or fetch from the cache) a bootable disk image of a commit"

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from harness.arch import get_arch
 from harness.config import Config, Stream
+from harness.contract import check_tree
 from harness.errors import UserError
 from harness.external import discover
+from harness.layout import load_layout
 from harness.machine.base import Backend
 from harness.outcome import ArchRefs, CaseResult, Decision, Outcome, Verdict, decide
 from harness.quarantine import Entry, apply_quarantine, load_quarantine
@@ -219,9 +221,10 @@ def run_gate(config: GateConfig) -> Verdict:
         promotions: dict[str, str] = {}
         decision, reason = Decision.interrupted, "interrupted"
         try:
-            unsigned = _unsigned(config, repo, candidates)
-            if unsigned:
-                results = unsigned
+            # Nothing boots for a candidate that is refused before its tests.
+            refused = _unsigned(config, repo, candidates) or _unreachable(config, repo, candidates)
+            if refused:
+                results = refused
                 decision, reason = decide(results, [s.name for s in suites], config.arches)
             elif not suites:
                 decision, reason = Decision.error, "no suite applies to this candidate"
@@ -313,6 +316,21 @@ def _promotion_timestamp(candidate: Commit, baseline: Commit | None) -> int:
     if baseline is None or not candidate.is_older_than(baseline):
         return candidate.timestamp
     return max(int(time.time()), baseline.timestamp)
+
+
+def _unreachable(config: GateConfig, repo: Repo, candidates: dict[str, Commit]) -> list[CaseResult]:
+    """A failed "tree contract" result for each requirement a candidate does not meet
+    (:mod:`harness.contract`): such a tree can never be booted and reached."""
+    out = []
+    for arch_name, commit in candidates.items():
+        arch = get_arch(arch_name)
+        layout = load_layout(config.layout or arch.layout, PROJECT_ROOT / "images")
+        for r in check_tree(repo, commit, arch, layout):
+            if not r.met:
+                out.append(
+                    CaseResult(f"tree contract: {r.name}", arch_name, Outcome.failed, 0.0, r.line())
+                )
+    return out
 
 
 def _unsigned(config: GateConfig, repo: Repo, candidates: dict[str, Commit]) -> list[CaseResult]:

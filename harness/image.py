@@ -349,7 +349,7 @@ boot
 _GRUB_SERIAL = "serial --unit=0 --speed=115200\nterminal_output serial\n"
 """PC BIOS GRUB prints to VGA by default; UEFI GRUB uses the firmware's console (serial)."""
 
-_GRUB_EFI = {"aarch64": ("arm64-efi", "BOOTAA64.EFI"), "x86_64": ("x86_64-efi", "BOOTX64.EFI")}
+GRUB_EFI = {"aarch64": ("arm64-efi", "BOOTAA64.EFI"), "x86_64": ("x86_64-efi", "BOOTX64.EFI")}
 """GRUB's platform and the removable-media loader name, per arch."""
 
 _GRUB_MODULES = [
@@ -374,9 +374,9 @@ def _install_grub_efi(
     GRUB's modules come from the tree itself (Debian ships them only for the native arch, and a
     tree carries the bootloader it was composed with); ``grub-mkimage`` is arch-independent.
     """
-    if arch.name not in _GRUB_EFI:
+    if arch.name not in GRUB_EFI:
         raise UserError(f"no UEFI GRUB for {arch.name}")
-    platform, loader = _GRUB_EFI[arch.name]
+    platform, loader = GRUB_EFI[arch.name]
     modules = build / "grub-modules"
     try:
         run(
