@@ -46,6 +46,10 @@ from harness.machine.base import VM
 from harness.retry import retry
 
 
+class _KeyRefused(Exception):
+    """sshd completed the handshake and refused the harness's key."""
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One line of ``ostree admin status``."""
@@ -131,6 +135,12 @@ class Guest:
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise TreeFailure(f"machine {self.name} presented an unexpected SSH host key") from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            sock.close()
+            if "timeout" in str(exc).lower():
+                return None  # an emulated guest slow to answer, not a refusal
+            raise _KeyRefused(str(exc) or type(exc).__name__) from exc
         except (paramiko.SSHException, OSError, EOFError):
             client.close()
             sock.close()
@@ -153,6 +163,7 @@ class Guest:
 
     def _connect(self, limit: float) -> None:
         greeting = _Greeting(self.vm.ssh_port, self._looks_up)
+        refusals: list[str] = []
 
         def attempt(_last: bool) -> paramiko.SSHClient | None:
             self._check_alive()
@@ -161,7 +172,20 @@ class Guest:
                 raise BootFailure(
                     f"{self.name}: sshd failed to start", console_tail=self.console.tail()
                 )
-            return self._connect_once(greeting)
+            try:
+                return self._connect_once(greeting)
+            except _KeyRefused as refused:
+                # The key is in root's home from the image's first boot on, so a refusal is
+                # the tree's sshd configuration; twice in a row, to be sure it was not a
+                # session cut short.
+                refusals.append(str(refused))
+                if len(refusals) < 2:
+                    return None
+                raise TreeFailure(
+                    f"{self.name}: sshd answered but refused the harness's key for root "
+                    f"({refused}): does the tree allow root to log in with a key "
+                    "(PermitRootLogin prohibit-password or yes)?"
+                ) from refused
 
         def timed_out(message: str) -> Exception:
             return self._timeout(f"{self.name}: {message}", self.console.tail())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import GuestCommandFailed, GuestTimeout, TreeFailure
+from harness.errors import GuestCommandFailed, GuestTimeout, TreeFailure, describe
 from harness.guest import Guest
 
 pytestmark = pytest.mark.vm
@@ -16,8 +16,14 @@ def test_succeed_fail_and_their_failures(machine: Guest) -> None:
     assert machine.succeed("echo out; echo err >&2") == "out\nerr\n"
     assert "No such file" in machine.fail("ls /nonexistent")
     with pytest.raises(GuestCommandFailed) as caught:
-        machine.succeed("exit 3")
+        machine.succeed(
+            "for n in $(seq 20); do echo progress $n; done; echo why it failed >&2; exit 3"
+        )
     assert caught.value.status == 3
+    # What the verdict and the report show: the command, its status, the output's last lines.
+    first, *rest = describe(caught.value).splitlines()
+    assert first.startswith("GuestCommandFailed: command 'for n in") and "exited 3" in first
+    assert rest[-2:] == ["progress 20", "why it failed"], rest
     with pytest.raises(GuestCommandFailed):
         machine.fail("true")
 
@@ -44,3 +50,14 @@ def test_files_go_both_ways_and_waits_work(machine: Guest, tmp_path: Path) -> No
         machine.wait_for_console_text("never printed", timeout=2)
     journal = machine.journal(tmp_path / "journal.txt").read_text()
     assert "Linux version" in journal  # this boot's journal, from the kernel's first line on
+
+
+def test_an_sshd_that_refuses_the_harness_key_fails_with_that_reason(machine: Guest) -> None:
+    """A tree whose sshd answers but will not let root in with the harness's key (root login
+    disabled, say) fails with that reason, not as a guest that never came up."""
+    machine.succeed("echo 'PermitRootLogin no' > /etc/ssh/sshd_config.d/00-no-root.conf")
+    machine.succeed("systemctl reload ssh.service")
+    machine.close()
+    with pytest.raises(TreeFailure, match="refused the harness's key") as caught:
+        machine.wait_for_ssh(timeout=300)
+    assert not isinstance(caught.value, GuestTimeout)
