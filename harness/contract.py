@@ -204,24 +204,20 @@ def _dhcp(repo: Repo, c: str) -> Requirement:
     )
 
 
-def _ls_entry(repo: Repo, c: str, path: str) -> str:
+def _ls(repo: Repo, c: str, path: str, *flags: str) -> list[str]:
+    """``ostree ls`` lines of ``path`` in commit ``c`` (none when it does not exist)."""
     out = subprocess.run(
-        ["ostree", "ls", f"--repo={repo.path}", c, "-d", path],
-        capture_output=True,
-        text=True,
+        ["ostree", "ls", f"--repo={repo.path}", c, *flags, path], capture_output=True, text=True
     )
-    return out.stdout.strip() if out.returncode == 0 else ""
+    return out.stdout.splitlines() if out.returncode == 0 else []
+
+
+def _ls_entry(repo: Repo, c: str, path: str) -> str:
+    return next(iter(_ls(repo, c, path, "-d")), "")
 
 
 def _files(repo: Repo, c: str, directory: str) -> list[str]:
-    out = subprocess.run(
-        ["ostree", "ls", f"--repo={repo.path}", c, directory],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        return []
-    return [line.split()[-1] for line in out.stdout.splitlines() if line.startswith("-")]
+    return [line.split()[-1] for line in _ls(repo, c, directory) if line.startswith("-")]
 
 
 _CPIO_TRAILER = b"TRAILER!!!"

@@ -17,10 +17,12 @@ TreegateCli = Callable[..., subprocess.CompletedProcess[str]]
 StartBoot = Callable[..., "subprocess.Popen[str]"]
 
 
-def _run_treegate(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def _run_treegate(
+    *args: str, timeout: float = 1800, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness.cli", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -30,8 +32,8 @@ def _run_treegate(*args: str, timeout: float = 1800) -> subprocess.CompletedProc
 
 @pytest.fixture
 def treegate_cli() -> TreegateCli:
-    """Run the ``treegate`` command as a user would, from the project root; returns the
-    completed process (never raises on a non-zero exit: tests assert on it)."""
+    """Run the ``treegate`` command as a user would, from the project root (or ``cwd=``);
+    returns the completed process (never raises on a non-zero exit: tests assert on it)."""
     return _run_treegate
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ from harness.layout import load_layout
 from harness.repo import Repo
 
 ROOT = Path(__file__).resolve().parents[2]
+TreegateCli = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``treegate_cli`` fixture (tests/conftest.py)."""
 X86_64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (62).to_bytes(2, "little") + b"\0" * 40
 AARCH64_ELF = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (183).to_bytes(2, "little") + b"\0" * 40
 
@@ -118,31 +119,21 @@ def test_a_tree_for_another_arch_fails_the_arch_requirement(repo: Repo, tmp_path
     )
 
 
-def treegate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-    )
-
-
 def test_check_and_the_gate_refuse_an_unreachable_tree_before_booting(
-    repo: Repo, tmp_path: Path
+    treegate_cli: TreegateCli, repo: Repo, tmp_path: Path
 ) -> None:
     tree = good_tree(tmp_path / "tree")
     (tree / "usr/sbin/sshd").unlink()
     commit(repo, tree, "os/no-sshd")
-    check = treegate("check", "--repo", str(repo.path), "--commit", "os/no-sshd", cwd=tmp_path)
+    # From a directory outside the checkout, as a user would.
+    check = treegate_cli("check", "--repo", str(repo.path), "--commit", "os/no-sshd", cwd=tmp_path)
     assert check.returncode == 1, check.stderr
     assert "FAIL ssh server: no /usr/sbin/sshd (install openssh-server)" in check.stdout
     assert "cannot be gated on x86_64" in check.stdout
 
     verdict = tmp_path / "verdict.json"
     state = tmp_path / "state"
-    gate = treegate(
+    gate = treegate_cli(
         *("gate", "--repo", str(repo.path), "--ref", "os/no-sshd", "--promote-to", "os/tested"),
         *("--state-dir", str(state), "--json", str(verdict)),
         cwd=tmp_path,
