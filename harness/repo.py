@@ -351,10 +351,12 @@ def serve(repo: Repo) -> Iterator[int]:
 
 
 def _parse_timestamp(raw: str) -> int:
-    m = re.search(r"uint64 (\d+), \[byte [^\]]*\], \[byte [^\]]*\]\)\s*$", raw)
-    if m is None:
+    # The commit variant ends "uint64 TIMESTAMP, [root tree checksum], [root meta checksum])";
+    # a signed commit's signatures are printed after it.
+    found = re.findall(r"uint64 (\d+), \[byte [^\]]*\], \[byte [^\]]*\]\)", raw)
+    if not found:
         raise UserError("an ostree commit printed without its timestamp: is ostree too old?")
-    return int(m.group(1))
+    return int(found[-1])
 
 
 def _parse_string_metadata(raw: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.repo import SCRATCH_ZLIB_LEVEL, Repo, serve
+from harness.signing import create_key
 
 
 def commit_tree(repo: Repo, tmp: Path, ref: str, content: str, version: str) -> str:
@@ -153,3 +154,11 @@ def test_a_promotion_keeps_the_candidates_timestamp_unless_told(repo: Repo, tmp_
     assert not second.is_older_than(repo.resolve("x/y-tested"))
     again = repo.promote(second, "x/y-tested", subject="ok", metadata={}, timestamp=1_800_000_000)
     assert repo.resolve(again).timestamp == 1_800_000_000
+
+
+def test_a_signed_commit_reads_back_with_its_timestamp(repo: Repo, tmp_path: Path) -> None:
+    """ostree prints a signed commit's signatures after the commit: the timestamp is still
+    the commit's (a gate with a signing key read none, and ended in exit 2)."""
+    checksum = commit_at(repo, tmp_path, "x/y", "a", 1_700_000_000)
+    repo.sign(checksum, create_key(tmp_path / "gpg"))
+    assert repo.resolve(checksum).timestamp == 1_700_000_000
