@@ -156,6 +156,15 @@ class ConsoleWatcher:
         kept = [ln for ln in self.text().splitlines() if ln.strip()]
         return "\n".join(kept[-lines:])
 
+    def tail_through(self, line: str, lines: int = 25, after: int = 5) -> str:
+        """``lines`` non-empty lines of the console that hold ``line`` (the last time it was
+        printed) and, when enough came before it, end ``after`` lines past it: what led to a
+        failure, not only the call trace a panic prints after its own line."""
+        kept = [ln for ln in self.text().splitlines() if ln.strip()]
+        at = max((i for i, ln in enumerate(kept) if ln.strip() == line), default=len(kept) - 1)
+        end = min(len(kept), max(at + 1 + after, lines))
+        return "\n".join(kept[max(0, end - lines) : end])
+
     def check(self) -> None:
         """Raise :class:`BootFailure` if the console shows a failure since the last mark."""
         self._read()
@@ -163,7 +172,8 @@ class ConsoleWatcher:
         found = scan(clean(raw), self.patterns)
         if found is not None:
             raise BootFailure(
-                f"console shows {found.pattern.meaning}: {found.line}", console_tail=self.tail()
+                f"console shows {found.pattern.meaning}: {found.line}",
+                console_tail=self.tail_through(found.line),
             )
 
     def size(self) -> int:

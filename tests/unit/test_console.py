@@ -97,3 +97,26 @@ def test_seen_after_looks_only_past_its_position(tmp_path: Path) -> None:
         f.write("[   78.045225] reboot: Restarting system\n\x1b[H\x1b[J\x1b[1;1H\n")
     assert watcher.seen_after(start, r"reboot: Restarting system")
     assert not watcher.seen_after(watcher.size(), r"reboot: Restarting system")
+
+
+def test_a_panics_console_tail_keeps_its_line_however_long_the_trace_after_it(
+    tmp_path: Path,
+) -> None:
+    """A panic prints its call trace after its own line: the failure's console tail shows
+    the lines that led to it and the panic line, however much of the trace was read."""
+    log = tmp_path / "console.log"
+    panic = (DATA / "console-panic-x86_64.log").read_text()
+    boot = "".join(f"[    5.{n:06d}] booting step {n}\n" for n in range(40))
+    trace = "".join(f"[    6.986452]  frame_{n}+0x2d/0x80\n" for n in range(60))
+    log.write_text(boot + panic + trace)
+    with pytest.raises(BootFailure) as caught:
+        ConsoleWatcher(log).check()
+    tail = caught.value.console_tail.splitlines()
+    assert len(tail) == 25
+    assert "Kernel panic - not syncing: Attempted to kill init!" in tail[-6]
+    assert tail[0] == "[    5.000021] booting step 21"
+    # Nothing before the panic: its first 25 lines, the panic line first.
+    log.write_text(panic + trace)
+    with pytest.raises(BootFailure) as caught:
+        ConsoleWatcher(log).check()
+    assert "Attempted to kill init" in caught.value.console_tail.splitlines()[0]
