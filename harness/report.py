@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, summarize
 from harness.run import run
 from harness.store import ResultRow, Store
 
@@ -91,7 +91,8 @@ def cases(allure_report: Path) -> list[Case]:
             outcome=outcome,
             duration=float(data.get("duration") or 0) / 1000,
             report_id=str(data["id"]),
-            message=str((data.get("error") or {}).get("message", ""))[:500],
+            # What failed and why: a failed command's last output lines, not its first.
+            message=summarize(str((data.get("error") or {}).get("message", ""))),
         )
         when = float(data.get("stop") or data.get("start") or 0)
         attempts.setdefault((case.test, arch), []).append((when, case))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from harness.report import _node_id
+from harness.report import _node_id, cases
 
 
 @pytest.mark.parametrize(
@@ -27,3 +30,24 @@ def test_the_arch_is_the_column_and_other_parameters_stay_in_the_row(
 ) -> None:
     data = {"name": name, "fullName": "tests.system.test_smoke#test_boots"}
     assert _node_id(data, column) == row
+
+
+def test_a_cells_message_is_what_failed_and_the_last_lines_of_why(tmp_path: Path) -> None:
+    results = tmp_path / "data" / "test-results"
+    results.mkdir(parents=True)
+    output = "".join(f"progress {n}\n" for n in range(100)) + "error: the reason\n"
+    message = f"GuestCommandFailed: command 'ostree admin upgrade' exited 1, expected 0; output:\n{output}"
+    result = {
+        "id": "r1",
+        "name": "test_upgrade[x86_64]",
+        "fullName": "tests.system.test_upgrade#test_upgrade",
+        "status": "failed",
+        "duration": 1500,
+        "parameters": [{"name": "arch", "value": "'x86_64'"}],
+        "error": {"message": message},
+    }
+    (results / "r1.json").write_text(json.dumps(result))
+    (cell,) = cases(tmp_path)
+    lines = cell.message.splitlines()
+    assert lines[0].endswith("exited 1, expected 0; output:")
+    assert lines[-1] == "error: the reason"
