@@ -351,9 +351,13 @@ def serve(repo: Repo) -> Iterator[int]:
 
 
 def _parse_timestamp(raw: str) -> int:
-    # The commit variant ends "uint64 TIMESTAMP, [root tree checksum], [root meta checksum])";
-    # a signed commit's signatures are printed after it.
-    found = re.findall(r"uint64 (\d+), \[byte [^\]]*\], \[byte [^\]]*\]\)", raw)
+    # The commit variant is the line that opens with "(": (metadata, parent, related,
+    # subject, body, uint64 TIMESTAMP, root tree checksum, root meta checksum).  Only the two
+    # checksums follow the timestamp, printed as [byte …] or, when GLib takes them for a
+    # string, as b'…': the last "uint64 N," of the line is the timestamp.  A signed commit's
+    # signatures are printed on the lines after it.
+    variant = next((line for line in raw.splitlines() if line.startswith("(")), "")
+    found = re.findall(r"\buint64 (\d+), ", variant)
     if not found:
         raise UserError("an ostree commit printed without its timestamp: is ostree too old?")
     return int(found[-1])

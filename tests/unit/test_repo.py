@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.repo import SCRATCH_ZLIB_LEVEL, Repo, serve
+from harness.repo import SCRATCH_ZLIB_LEVEL, Repo, _parse_timestamp, serve
 from harness.signing import create_key
 
 
@@ -162,3 +162,15 @@ def test_a_signed_commit_reads_back_with_its_timestamp(repo: Repo, tmp_path: Pat
     checksum = commit_at(repo, tmp_path, "x/y", "a", 1_700_000_000)
     repo.sign(checksum, create_key(tmp_path / "gpg"))
     assert repo.resolve(checksum).timestamp == 1_700_000_000
+
+
+def test_a_timestamp_reads_whatever_form_glib_prints_the_checksums_in() -> None:
+    """GLib prints a byte array as b'…' when it takes it for a string: a checksum may be."""
+    raw = (
+        "commit 5f0c\n"
+        "({'version': <'1'>, 'ostree.sizes': <[byte 0x01, 0x02]>, 'n': <uint64 7>}, "
+        "[byte 0x4e, 0x29], @a(say) [], 'docker 1 (x86_64)', '', uint64 1796662365, "
+        "b'\\330\\237\\v\\027', [byte 0x44, 0x6a])\n"
+        "Found 1 signature:\n  uint64 9, [byte 0x1], [byte 0x2])\n"
+    )
+    assert _parse_timestamp(raw) == 1796662365
