@@ -48,6 +48,21 @@ def distro(harness: Harness) -> Iterator[tuple[Repo, Commit]]:
     yield repo, head
 
 
+Stream = tuple[Repo, Commit, str, str]
+"""The ``stream`` fixture: the repository, the first commit, the candidate and tested refs."""
+
+
+@pytest.fixture
+def stream(distro: tuple[Repo, Commit]) -> Stream:
+    """A stream of the distributor's tree of its own: a candidate ref at the first commit,
+    and a tested ref nothing was promoted to yet."""
+    repo, first = distro
+    run = uuid.uuid4().hex[:8]
+    candidate, tested = f"{REF}/candidate-{run}", f"{REF}/tested-{run}"
+    repo.set_ref(candidate, first.checksum)
+    return repo, first, candidate, tested
+
+
 def gate(
     cli: TreegateCli,
     harness: Harness,
@@ -89,12 +104,9 @@ def outcomes(verdict: dict[str, object]) -> set[tuple[str, str]]:
 
 
 def test_a_tree_composed_elsewhere_is_checked_gated_and_upgraded(
-    treegate_cli: TreegateCli, harness: Harness, distro: tuple[Repo, Commit], tmp_path: Path
+    treegate_cli: TreegateCli, harness: Harness, stream: Stream, tmp_path: Path
 ) -> None:
-    repo, first = distro
-    run = uuid.uuid4().hex[:8]
-    candidate, tested = f"{REF}/candidate-{run}", f"{REF}/tested-{run}"
-    repo.set_ref(candidate, first.checksum)
+    repo, first, candidate, tested = stream
 
     check = treegate_cli("check", "--repo", str(repo.path), "--commit", candidate, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -114,12 +126,9 @@ def test_a_tree_composed_elsewhere_is_checked_gated_and_upgraded(
 # half here); ci/test proves its upgrade above.
 @pytest.mark.nightly
 def test_a_tree_composed_elsewhere_rolls_back(
-    treegate_cli: TreegateCli, harness: Harness, distro: tuple[Repo, Commit], tmp_path: Path
+    treegate_cli: TreegateCli, harness: Harness, stream: Stream, tmp_path: Path
 ) -> None:
-    repo, first = distro
-    run = uuid.uuid4().hex[:8]
-    candidate, tested = f"{REF}/candidate-{run}", f"{REF}/tested-{run}"
-    repo.set_ref(candidate, first.checksum)
+    repo, first, candidate, tested = stream
     # The tested ref as the first gate leaves it (the test above gates it for real).
     repo.promote(first, tested, subject="seeded", metadata={"treegate.candidate": first.checksum})
     second = next_commit(repo, candidate, first, tmp_path)
